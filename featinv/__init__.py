@@ -1,0 +1,52 @@
+"""featinv: map a vision model's feature maps back to images (FeatInv) and analyse what it sees.
+
+The public API is flat: ``featinv.backbone``, ``featinv.FeatInv``, ``featinv.train`` ... Names are
+imported lazily so that ``import featinv`` (and ``featinv --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from featinv.hookspecs import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "FeatinvError": "featinv.errors",
+    "list_backbones": "featinv.registry",
+    "create_backbone": "featinv.registry",
+    "is_backbone": "featinv.registry",
+    "list_bases": "featinv.registry",
+    "create_base": "featinv.registry",
+    "is_base": "featinv.registry",
+    "list_encoders": "featinv.registry",
+    "create_encoder": "featinv.registry",
+    "is_encoder": "featinv.registry",
+    "list_decomposers": "featinv.registry",
+    "create_decomposer": "featinv.registry",
+    "is_decomposer": "featinv.registry",
+    "list_analyses": "featinv.registry",
+    "create_analysis": "featinv.registry",
+    "is_analysis": "featinv.registry",
+    "plugin_listing": "featinv.api",
+    "builtin_photos": "featinv.data",
+    "find_images": "featinv.data",
+    "open_image": "featinv.data",
+}
+
+__all__ = ["__version__", "hookimpl", "hookspec", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featinv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

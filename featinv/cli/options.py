@@ -1,0 +1,45 @@
+"""Shared ``Annotated`` option types, so every command spells an option the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from featinv.errors import FeatinvError
+
+
+def parse_int_list(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2], with a clear error for anything that is not an integer."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise FeatinvError(f"seeds {text!r} must be integers separated by commas, e.g. 0,1,2") from None
+
+
+def parse_float_list(text: str) -> list[float]:
+    """'1,1.75,3' -> [1.0, 1.75, 3.0]."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise FeatinvError(f"{text!r} must be numbers separated by commas, e.g. 1,1.75,3") from None
+
+
+BackboneSpec = Annotated[str, typer.Option("--backbone", "-b", help="Backbone spec, e.g. timm:convnext_base or torchvision:resnet50.")]
+Layer = Annotated[str | None, typer.Option("--layer", "-l", help="Module path of the layer (default: last spatial map). See `featinv layers SPEC`.")]
+Weights = Annotated[str, typer.Option("--weights", help="Backbone weights: pretrained, none, or a local .pth/.pt/.safetensors file.")]
+InputSize = Annotated[int | None, typer.Option("--input-size", min=8, help="Backbone input size in pixels (default: the model's own).")]
+BaseSpec = Annotated[str, typer.Option("--base", help="Diffusion base: sd:PATH_OR_HUB_ID or pixel:DIR.")]
+RunDir = Annotated[Path, typer.Option("--run", help="A FeatInv run folder (written by `featinv train`).")]
+DataDir = Annotated[Path, typer.Option("--data", help="Image folder (recursive; ImageNet layout works).")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+Seeds = Annotated[str, typer.Option("--seeds", help="Comma-separated integer seeds, e.g. 0,1,2.")]
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Denoising steps.")]
+Guidance = Annotated[float | None, typer.Option("--guidance", min=0.0, help="Classifier-free guidance scale (default: 1.75 unpooled, 8 pooled).")]
+Scheduler = Annotated[str, typer.Option("--scheduler", help="Sampler: ddim, dpm++ or unipc.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per batch.")]
+Device = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or cuda.")]
+Pooled = Annotated[bool, typer.Option("--pooled/--unpooled", help="Condition on the pooled feature vector (paper's baseline).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

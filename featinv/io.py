@@ -1,0 +1,173 @@
+"""Atomic file output: every file featinv writes appears whole or not at all (temp file + rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from featinv.errors import FeatinvError
+
+CHECKSUM_KEY = "featinv_checksum"
+
+
+def _temp_sibling(path: Path, suffix: str = "") -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def ensure_output_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` as a directory, or explain why it cannot be one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FeatinvError(f"output path {path} is a file; pass a directory path instead")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FeatinvError(f"cannot create output directory {path} ({exc.strerror}); choose a writable path") from None
+    if not os.access(path, os.W_OK):
+        raise FeatinvError(f"output directory {path} is not writable; choose a writable path")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+    path = Path(path)
+    ensure_output_dir(path.parent)
+    tmp = _temp_sibling(path, path.suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; it becomes ``path`` only if the block finishes."""
+    if encoding is None and "b" not in mode:
+        encoding = "utf-8"
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` (a directory) once the block succeeds."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FeatinvError(f"output path {path} is a file; pass a directory path instead")
+    ensure_output_dir(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON atomically (numpy/torch scalars and paths are converted)."""
+    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
+    """Read JSON, turning a missing or corrupt file into one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatinvError(f"{what} {path} does not exist; check the path (was the run/folder written by featinv?)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FeatinvError(f"{what} {path} is corrupt ({exc.__class__.__name__}); restore it or recreate the folder") from None
+
+
+def _tensor_digest(tensors: dict[str, Any]) -> str:
+    """A sha256 over names, shapes, dtypes and raw bytes, so any flipped byte is caught."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().contiguous().cpu()
+        digest.update(key.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
+    """Save tensors atomically with a sha256 of their contents in the metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = dict(metadata or {})
+    meta[CHECKSUM_KEY] = _tensor_digest(tensors)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_safetensors(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, Any]:
+    """Load tensors and verify the checksum written by :func:`save_safetensors`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FeatinvError(f"weight file {path} does not exist; check the path or retrain/refit")
+    try:
+        with safe_open(str(path), framework="pt", device=device) as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises several private error types for broken files
+        raise FeatinvError(f"weight file {path} is corrupt or truncated ({exc}); restore or recreate it") from None
+    expected = metadata.get(CHECKSUM_KEY)
+    if expected is not None and _tensor_digest(tensors) != expected:
+        raise FeatinvError(f"weight file {path} fails its checksum (corrupt); restore or recreate it")
+    return tensors
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
+    return path

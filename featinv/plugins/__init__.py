@@ -1,0 +1,4 @@
+"""Built-in plugins. They are loaded through the same pluggy path as third-party plugins."""
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+)
