@@ -1,0 +1,5 @@
+"""``python -m featinv`` runs the CLI."""
+
+from featinv.cli import main
+
+main()

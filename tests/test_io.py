@@ -1,0 +1,73 @@
+"""Atomic writes and checksummed weight files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from featinv.errors import FeatinvError
+from featinv.io import (
+    atomic_dir,
+    atomic_write,
+    ensure_output_dir,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    write_json,
+)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError), atomic_write(target, "w") as handle:
+        handle.write("half")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_write(target, "w") as handle:
+        handle.write("whole")
+    assert target.read_text() == "whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_atomic_dir_replaces_whole(tmp_path):
+    target = tmp_path / "run"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "b").write_text("2")
+        raise RuntimeError
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_json_roundtrip_and_corrupt(tmp_path):
+    write_json(tmp_path / "m.json", {"x": torch.tensor(1.5), "p": tmp_path})
+    assert read_json(tmp_path / "m.json")["x"] == 1.5
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(FeatinvError, match="corrupt"):
+        read_json(tmp_path / "bad.json", what="config")
+    with pytest.raises(FeatinvError, match="does not exist"):
+        read_json(tmp_path / "missing.json")
+
+
+def test_safetensors_checksum_detects_corruption(tmp_path):
+    path = tmp_path / "w.safetensors"
+    weights = {"a": torch.randn(64, 64), "b": torch.arange(10)}
+    save_safetensors(weights, path)
+    loaded = load_safetensors(path)
+    assert torch.equal(loaded["a"], weights["a"]) and torch.equal(loaded["b"], weights["b"])
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF  # flip one byte inside the tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(FeatinvError, match="checksum"):
+        load_safetensors(path)
+    path.write_bytes(bytes(data[:50]))
+    with pytest.raises(FeatinvError, match="corrupt or truncated"):
+        load_safetensors(path)
+
+
+def test_output_dir_that_is_a_file(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("x")
+    with pytest.raises(FeatinvError, match="is a file"):
+        ensure_output_dir(file)
