@@ -1,0 +1,136 @@
+"""Figures and reports people look at: image grids with captions, metric tables, an offline HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from featinv.io import save_figure, write_text
+
+
+def image_grid(
+    rows: Sequence[Sequence[Image.Image]],
+    path: str | os.PathLike[str],
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    captions: Sequence[Sequence[str]] | None = None,
+    title: str | None = None,
+    cell_inches: float = 1.6,
+) -> Path:
+    """Save a grid of images (rows × columns) with optional labels and a caption under each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), max(len(row) for row in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols, (cell_inches + 0.25) * n_rows),
+                             squeeze=False)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c >= len(rows[r]):
+                continue
+            ax.imshow(rows[r][c])
+            if captions is not None and c < len(captions[r]) and captions[r][c]:
+                ax.set_xlabel(captions[r][c], fontsize=8)
+            if r == 0 and col_labels is not None and c < len(col_labels):
+                ax.set_title(col_labels[c], fontsize=9)
+            if c == 0 and row_labels is not None and r < len(row_labels):
+                ax.set_ylabel(row_labels[r], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def table_figure(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str | None = None) -> Path:
+    """Save a table (list of dicts with the same keys) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(rows[0]) if rows else []
+    cells = [[_format(row.get(col)) for col in columns] for row in rows]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(columns)), 0.45 * (len(rows) + 1) + 0.5))
+    ax.axis("off")
+    table = ax.table(cellText=cells, colLabels=columns, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    table.scale(1.0, 1.4)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A GitHub-flavoured Markdown table of ``rows``."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_format(row.get(col)) for col in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Section:
+    """One part of an HTML report: a heading, paragraphs, a table and figures."""
+
+    heading: str
+    paragraphs: list[str] = field(default_factory=list)
+    table: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+
+
+def _img_tag(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+
+
+def _table_html(rows: Sequence[dict[str, Any]]) -> str:
+    columns = list(rows[0])
+    head = "".join(f"<th>{html.escape(col)}</th>" for col in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(row.get(col)))}</td>" for col in columns) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_html_report(path: str | os.PathLike[str], title: str, sections: Sequence[Section]) -> Path:
+    """Write a self-contained HTML page (figures embedded) that opens offline in any browser."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}"
+        "th{background:#eee}img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;font-size:85%}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1>",
+    ]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.heading)}</h2>")
+        parts += [f"<p>{html.escape(text)}</p>" for text in section.paragraphs]
+        if section.table:
+            parts.append(_table_html(section.table))
+        parts += [_img_tag(figure) for figure in section.figures]
+    parts.append("</body></html>")
+    path = Path(path)
+    write_text(path, "\n".join(parts))
+    return path
