@@ -1,0 +1,359 @@
+"""Frozen diffusion bases: the model FeatInv's ControlNet steers.
+
+``sd``    any diffusers Stable Diffusion 1.x/2.x folder or hub id (MiniSD is the paper's base: 256 px,
+          latents 4×32×32). Prompt embeddings for the fixed prompt and the empty prompt are computed once.
+``pixel`` a small pixel-space UNet without VAE or text encoder (a learned 2-entry table stands in for the
+          two prompts) that trains on a CPU in minutes, for offline use and the demo.
+
+Both expose the same interface (:class:`DiffusionBase`), so the ControlNet, trainer and sampler never
+ask which one they have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
+
+from featinv.errors import FeatinvError, did_you_mean
+from featinv.io import atomic_dir, load_safetensors, read_json, save_safetensors, write_json
+
+PROMPT = "a high-quality, detailed, and professional image"
+NEGATIVE_PROMPT = ""
+PIXEL_MARKER = "featinv_base.json"
+SCHEDULERS = ("ddim", "dpm++", "unipc", "ddpm")
+_SCHEDULER_ALIASES = {"dpmsolver++": "dpm++", "dpm": "dpm++", "dpmpp": "dpm++", "uni_pc": "unipc"}
+
+
+class DiffusionBase:
+    """A frozen diffusion model: UNet (+ optional VAE), the two prompt embeddings and a noise schedule."""
+
+    def __init__(self, spec: str, unet: UNet2DConditionModel, scheduler_config: dict[str, Any],
+                 prompt_embeds: torch.Tensor, vae: AutoencoderKL | None = None, device: str | torch.device = "cpu") -> None:
+        self.spec = spec
+        self.unet = unet
+        self.vae = vae
+        self.scheduler_config = dict(scheduler_config)
+        # row 0: the fixed prompt, row 1: the empty prompt; [2, L, D]
+        self.prompt_embeds = prompt_embeds
+        self.device = torch.device("cpu")
+        self.freeze()
+        self.to(device)
+
+    # ---- description -------------------------------------------------------------------------
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def latent_size(self) -> int:
+        return int(self.unet.config.sample_size)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        """Output image size in pixels (256 for MiniSD)."""
+        return self.latent_size * self.vae_scale_factor
+
+    @property
+    def first_block_width(self) -> int:
+        """Channels after ``conv_in``: the width the feature encoder must produce (320 for MiniSD)."""
+        return int(self.unet.config.block_out_channels[0])
+
+    @property
+    def prediction_type(self) -> str:
+        return str(self.scheduler_config.get("prediction_type", "epsilon"))
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler_config.get("num_train_timesteps", 1000))
+
+    def describe(self) -> dict[str, Any]:
+        """Numbers a FeatInv run records so a mismatching base is refused on load."""
+        return {"spec": self.spec, "resolution": self.resolution, "latent_channels": self.latent_channels,
+                "latent_size": self.latent_size, "first_block_width": self.first_block_width,
+                "cross_attention_dim": int(self.unet.config.cross_attention_dim),
+                "prediction_type": self.prediction_type}
+
+    # ---- state -------------------------------------------------------------------------------
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.unet, self.vae) if m is not None]
+
+    def freeze(self) -> DiffusionBase:
+        """Lock every weight (the base is never trained together with a ControlNet)."""
+        for module in self.modules():
+            module.eval()
+            module.requires_grad_(False)
+        if isinstance(self.prompt_embeds, torch.nn.Parameter):
+            self.prompt_embeds.requires_grad_(False)
+        return self
+
+    def to(self, device: str | torch.device) -> DiffusionBase:
+        self.device = torch.device(device)
+        for module in self.modules():
+            module.to(self.device)
+        if isinstance(self.prompt_embeds, torch.nn.Parameter):
+            self.prompt_embeds.data = self.prompt_embeds.data.to(self.device)
+        else:
+            self.prompt_embeds = self.prompt_embeds.to(self.device)
+        return self
+
+    # ---- schedules ---------------------------------------------------------------------------
+    def make_scheduler(self, name: str = "ddim") -> Any:
+        """A fresh diffusers scheduler on this base's noise schedule: ddim | dpm++ | unipc | ddpm (training)."""
+        key = _SCHEDULER_ALIASES.get(name.lower(), name.lower())
+        config = self.scheduler_config
+        if key == "ddim":
+            return DDIMScheduler.from_config(config)
+        if key == "dpm++":
+            return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+        if key == "unipc":
+            return UniPCMultistepScheduler.from_config(config)
+        if key == "ddpm":
+            return DDPMScheduler.from_config(config)
+        raise FeatinvError(f"unknown scheduler {name!r}: {did_you_mean(name, SCHEDULERS)}")
+
+    # ---- images <-> model space ----------------------------------------------------------------
+    def _at_resolution(self, images01: torch.Tensor) -> torch.Tensor:
+        if images01.ndim != 4 or images01.shape[1] != 3:
+            raise FeatinvError(f"images must be [B,3,H,W] in [0,1], got shape {tuple(images01.shape)}")
+        images01 = images01.to(self.device, torch.float32)
+        if images01.shape[-2:] != (self.resolution, self.resolution):
+            images01 = F.interpolate(images01, size=(self.resolution, self.resolution), mode="bilinear",
+                                     align_corners=False, antialias=True)
+        return images01
+
+    def encode(self, images01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [0,1] (resized to the base resolution) -> the space the UNet denoises."""
+        x = self._at_resolution(images01) * 2.0 - 1.0
+        if self.vae is None:
+            return x
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        latents = dist.sample(generator=generator)
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (latents - shift) * self.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor, chunk_size: int = 4) -> torch.Tensor:
+        """UNet space -> images in [0,1]; the VAE runs in chunks to bound memory."""
+        if self.vae is None:
+            return (latents.float() / 2.0 + 0.5).clamp(0.0, 1.0)
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        out = []
+        for chunk in latents.split(max(1, chunk_size)):
+            z = chunk.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
+            out.append(self.vae.decode(z).sample.float())
+        return (torch.cat(out) / 2.0 + 0.5).clamp(0.0, 1.0)
+
+    def prompt_embeddings(self, drop: torch.Tensor) -> torch.Tensor:
+        """``[B, L, D]``: the fixed prompt where ``drop`` is False, the empty prompt where it is True."""
+        drop = torch.as_tensor(drop, dtype=torch.bool, device=self.device).reshape(-1)
+        return self.prompt_embeds[drop.long()]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(spec={self.spec!r}, resolution={self.resolution}, latent={self.latent_channels}x{self.latent_size}²)"
+
+
+# ---- sd: diffusers Stable Diffusion folders and hub ids --------------------------------------------
+
+def _hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - huggingface_hub ships with diffusers
+        return False
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub ids are ``org/name``; anything else with path syntax is meant as a folder."""
+    return spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
+
+
+@torch.no_grad()
+def _encode_prompts(tokenizer: Any, text_encoder: Any) -> torch.Tensor:
+    """Both prompts through CLIP once; no_grad (not inference_mode) so training may reuse the tensor."""
+    ids = tokenizer([PROMPT, NEGATIVE_PROMPT], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids.to(text_encoder.device))[0].float()
+
+
+class StableDiffusionBase(DiffusionBase):
+    """A diffusers Stable Diffusion 1.x/2.x checkpoint (VAE, CLIP text encoder + tokenizer, UNet, schedule)."""
+
+    @classmethod
+    def load(cls, path_or_id: str, device: str | torch.device = "cpu") -> StableDiffusionBase:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        local = Path(path_or_id).expanduser()
+        is_local = local.exists()
+        if is_local:
+            if not local.is_dir() or not ((local / "model_index.json").is_file() or (local / "unet").is_dir()):
+                raise FeatinvError(f"{local} is not a diffusers Stable Diffusion folder (no model_index.json / unet/); "
+                                   "pass a folder written by StableDiffusionPipeline.save_pretrained")
+            source, local_only = str(local), True
+        elif _looks_like_path(path_or_id):
+            raise FeatinvError(f"diffusion base folder {path_or_id} does not exist; check the path")
+        else:
+            source, local_only = path_or_id, _hub_offline()
+        kw = {"local_files_only": local_only}
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # featinv shows its own progress; no per-shard bars
+        try:
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw)
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
+            scheduler_config = dict(DDIMScheduler.load_config(source, subfolder="scheduler", **kw))
+        except FeatinvError:
+            raise
+        except Exception as exc:  # hub/network/file errors come in many types; all mean "cannot load"
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            if is_local:
+                raise FeatinvError(f"cannot load Stable Diffusion folder {local} ({reason}); it needs unet/, vae/, "
+                                   "text_encoder/, tokenizer/ and scheduler/ as written by diffusers") from None
+            raise FeatinvError(
+                f"cannot load diffusion base {path_or_id!r} from the Hugging Face hub ({type(exc).__name__}: {reason}); "
+                f"offline, download it once where there is network (huggingface-cli download {path_or_id} "
+                f"--local-dir DIR) and pass sd:DIR, a local folder") from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        text_encoder.eval()
+        prompt_embeds = _encode_prompts(tokenizer, text_encoder)
+        del text_encoder  # the two prompts are all FeatInv ever needs
+        return cls(f"sd:{path_or_id}", unet, scheduler_config, prompt_embeds, vae=vae, device=device)
+
+
+# ---- pixel: a small pixel-space base trainable on a CPU --------------------------------------------
+
+class PixelBase(DiffusionBase):
+    """A small pixel-space UNet (no VAE, no text encoder); a learned 2-entry table replaces the prompts.
+
+    Folder layout: ``featinv_base.json`` (written last), ``unet/`` (config + weights), ``prompts.safetensors``,
+    ``scheduler/scheduler_config.json``.
+    """
+
+    @classmethod
+    def create(cls, resolution: int = 32, widths: Sequence[int] = (32, 64, 64), layers_per_block: int = 1,
+               cross_attention_dim: int = 32, prompt_tokens: int = 2, attention_head_dim: int = 8,
+               beta_schedule: str = "squaredcos_cap_v2", prediction_type: str = "epsilon",
+               num_train_timesteps: int = 1000, seed: int = 0, device: str | torch.device = "cpu") -> PixelBase:
+        """A fresh, trainable base (train it with ``featinv base train``)."""
+        widths = tuple(int(w) for w in widths)
+        if len(widths) < 2:
+            raise FeatinvError(f"pixel base needs at least two block widths, got {widths}; e.g. widths=(32, 64, 64)")
+        if resolution % (2 ** (len(widths) - 1)):
+            raise FeatinvError(f"resolution {resolution} is not divisible by {2 ** (len(widths) - 1)} "
+                               f"({len(widths)} blocks halve it); pick e.g. 32")
+        groups = math.gcd(32, *widths)
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=resolution, in_channels=3, out_channels=3, block_out_channels=widths,
+            layers_per_block=layers_per_block,
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(widths) - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (len(widths) - 1) + ("UpBlock2D",),
+            cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim, norm_num_groups=groups,
+        )
+        scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                                  prediction_type=prediction_type, clip_sample=True, clip_sample_range=1.0)
+        table = torch.nn.Parameter(torch.randn(2, prompt_tokens, cross_attention_dim) * 0.5)
+        base = cls(f"pixel:{resolution}px", unet, json.loads(scheduler.to_json_string()), table, device=device)
+        base.trainable_parameters()
+        return base
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> PixelBase:
+        directory = Path(directory).expanduser()
+        if not directory.is_dir():
+            raise FeatinvError(f"pixel base folder {directory} does not exist; train one with `featinv base train`")
+        meta = read_json(directory / PIXEL_MARKER, what="pixel base marker")
+        if meta.get("kind") != "pixel":
+            raise FeatinvError(f"{directory} holds a {meta.get('kind')!r} base, not a pixel base; use the matching prefix")
+        unet_config = read_json(directory / "unet" / "config.json", what="pixel base UNet config")
+        unet = UNet2DConditionModel.from_config(unet_config)
+        _load_state(unet, load_safetensors(directory / "unet" / "diffusion_pytorch_model.safetensors"), directory)
+        table = torch.nn.Parameter(load_safetensors(directory / "prompts.safetensors")["prompt_embeds"])
+        scheduler_config = read_json(directory / "scheduler" / "scheduler_config.json", what="pixel base scheduler")
+        return cls(f"pixel:{directory}", unet, scheduler_config, table, device=device)
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the base atomically piece by piece; the marker file is written last."""
+        directory = Path(directory)
+        with atomic_dir(directory / "unet") as tmp:
+            write_json(tmp / "config.json", json.loads(self.unet.to_json_string()))
+            save_safetensors(self.unet.state_dict(), tmp / "diffusion_pytorch_model.safetensors")
+        with atomic_dir(directory / "scheduler") as tmp:
+            write_json(tmp / "scheduler_config.json", self.scheduler_config)
+        save_safetensors({"prompt_embeds": self.prompt_embeds.detach()}, directory / "prompts.safetensors")
+        write_json(directory / PIXEL_MARKER, {"kind": "pixel", "resolution": self.resolution,
+                                              "format_version": 1})
+        self.spec = f"pixel:{directory}"
+        return directory
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Unlock and return the UNet weights and the prompt table (for ``featinv base train``)."""
+        self.unet.train()
+        self.unet.requires_grad_(True)
+        self.prompt_embeds.requires_grad_(True)
+        return [*self.unet.parameters(), self.prompt_embeds]
+
+    def training_loss(self, images01: torch.Tensor, drop: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Denoising loss of the plain base (noise or v target); ``drop`` selects the empty prompt."""
+        x0 = self.encode(images01)
+        scheduler = self.make_scheduler("ddpm")
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), generator=generator).to(self.device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        pred = self.unet(noisy, t, encoder_hidden_states=self.prompt_embeddings(drop)).sample
+        target = noise if self.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+        return F.mse_loss(pred.float(), target.float())
+
+
+def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FeatinvError(f"weights in {where} do not fit their config ({str(exc).splitlines()[0]}); "
+                           "recreate the folder") from None
+
+
+# ---- loading by spec ------------------------------------------------------------------------------
+
+def load_base(spec: str | DiffusionBase, device: str | torch.device = "cpu") -> DiffusionBase:
+    """``sd:PATH_OR_HUB_ID`` | ``pixel:DIR`` | a bare folder (kind detected) | an existing base."""
+    if isinstance(spec, DiffusionBase):
+        return spec.to(device)
+    from featinv.registry import create_base, get_registry
+
+    prefix = spec.partition(":")[0]
+    if prefix not in get_registry("bases").entries:
+        folder = Path(spec).expanduser()
+        if (folder / PIXEL_MARKER).is_file():
+            return PixelBase.from_pretrained(folder, device=device)
+        if (folder / "model_index.json").is_file():
+            return StableDiffusionBase.load(spec, device=device)
+    return create_base(spec, device=device)

@@ -1,0 +1,280 @@
+"""FeatInv: backbone + frozen diffusion base + feature-conditioned ControlNet, as one self-describing run.
+
+A run folder holds ``config.json`` (backbone spec/layer/weights/input size with its channels and grid,
+the base spec and shape, pooled, encoder, guidance) and ``controlnet/`` (ControlNet + encoder weights,
+checksummed). :meth:`FeatInv.from_pretrained` rebuilds everything from it and refuses a backbone or base
+whose shapes do not match what the ControlNet was trained on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from featinv.diffusion.bases import DiffusionBase, load_base
+from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
+from featinv.diffusion.sampler import denoise
+from featinv.encoders import build_encoder
+from featinv.errors import FeatinvError
+from featinv.io import ensure_output_dir, read_json, write_json
+
+CONFIG_NAME = "config.json"
+CONTROLNET_DIR = "controlnet"
+FORMAT = "featinv-run"
+FORMAT_VERSION = 1
+DEFAULT_GUIDANCE = {False: 1.75, True: 8.0}  # paper / official code: unpooled 1.75, pooled 8
+_BASE_KEYS = ("latent_channels", "latent_size", "first_block_width", "cross_attention_dim")
+
+
+@dataclass
+class Reconstruction:
+    """Sampled images for a batch of feature maps."""
+
+    images: torch.Tensor           # [N, 3, R, R] in [0, 1] at the base resolution
+    seeds: list[int]
+    features: torch.Tensor         # the conditioning maps used, [N, C, h, w]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def resized(self, size: tuple[int, int] | int) -> torch.Tensor:
+        """Bilinear resize to e.g. the backbone's input size (the paper's last pipeline step)."""
+        if isinstance(size, int):
+            size = (size, size)
+        if tuple(self.images.shape[-2:]) == tuple(size):
+            return self.images
+        return F.interpolate(self.images, size=tuple(size), mode="bilinear", align_corners=False,
+                             antialias=True).clamp(0.0, 1.0)
+
+
+def _backbone_entry(bb: Any, weights: str) -> dict[str, Any]:
+    info = bb.info
+    if weights not in ("pretrained", "none") and Path(weights).exists():
+        weights = str(Path(weights).resolve())
+    return {"spec": bb.spec, "layer": bb.layer, "weights": weights, "input_size": list(info.input_size),
+            "channels": int(info.channels), "grid": list(info.grid)}
+
+
+def _check_backbone(bb: Any, expected: dict[str, Any], run: str) -> None:
+    info = bb.info
+    got = {"channels": int(info.channels), "grid": list(info.grid)}
+    want = {"channels": int(expected["channels"]), "grid": list(expected["grid"])}
+    if got != want:
+        raise FeatinvError(
+            f"backbone {bb.spec} layer {bb.layer} gives {got['channels']} channels on a {tuple(got['grid'])} grid, "
+            f"but run {run} was trained on {expected['spec']} layer {expected['layer']} with {want['channels']} "
+            f"channels on a {tuple(want['grid'])} grid; use the run's backbone, layer and input size")
+
+
+def _check_base(base: DiffusionBase, expected: dict[str, Any], run: str) -> None:
+    got = base.describe()
+    bad = [k for k in _BASE_KEYS if k in expected and int(expected[k]) != int(got[k])]
+    if bad:
+        detail = ", ".join(f"{k} {got[k]} != {expected[k]}" for k in bad)
+        raise FeatinvError(f"diffusion base {base.spec} does not match run {run} ({detail}); "
+                           f"use the base the run was trained on ({expected.get('spec')})")
+
+
+class FeatInv:
+    """Maps a classifier's feature maps back to images with a ControlNet-steered frozen diffusion base."""
+
+    def __init__(self, backbone: Any, base: DiffusionBase, controlnet: FeatInvControlNet, pooled: bool = False,
+                 guidance_scale: float | None = None, config: dict[str, Any] | None = None) -> None:
+        self.backbone = backbone
+        self.base = base
+        self.controlnet = controlnet
+        self.pooled = bool(pooled)
+        self.guidance_scale = float(guidance_scale if guidance_scale is not None else DEFAULT_GUIDANCE[self.pooled])
+        self.device = base.device
+        self.config: dict[str, Any] = config or {}
+        self.config.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "pooled": self.pooled, "guidance_scale": self.guidance_scale,
+            "encoder": controlnet.encoder.encoder_name or type(controlnet.encoder).__name__,
+            "base": base.describe(),
+        })
+        self.config.setdefault("backbone", _backbone_entry(backbone, "pretrained"))
+        self.controlnet.to(self.device)
+        self.backbone.to(self.device)
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def create(cls, backbone: Any, base: str | DiffusionBase, layer: str | None = None, pooled: bool = False,
+               encoder: str = "conv", encoder_kwargs: dict[str, Any] | None = None,
+               backbone_weights: str = "pretrained", input_size: int | None = None,
+               device: str | torch.device = "cpu", guidance_scale: float | None = None) -> FeatInv:
+        """A fresh model: ControlNet copied from the base UNet, encoder zero-initialised (changes nothing yet)."""
+        from featinv.features import backbone as make_backbone
+
+        if isinstance(backbone, str):
+            bb = make_backbone(backbone, layer=layer, weights=backbone_weights, input_size=input_size, device=device)
+        else:
+            bb = backbone
+            backbone_weights = getattr(bb, "weights", backbone_weights)
+        base = load_base(base, device=device)
+        grid = (base.latent_size, base.latent_size)
+        enc = build_encoder(encoder, bb.info.channels, base.first_block_width, grid, **(encoder_kwargs or {}))
+        controlnet = FeatInvControlNet.from_unet_and_encoder(base.unet, enc)
+        config = {"backbone": _backbone_entry(bb, str(backbone_weights)), "base": {"spec": base.spec}}
+        return cls(bb, base, controlnet, pooled=pooled, guidance_scale=guidance_scale, config=config)
+
+    @classmethod
+    def from_pretrained(cls, run_dir: str | os.PathLike[str], device: str | torch.device = "cpu",
+                        backbone: Any | None = None, base: str | DiffusionBase | None = None) -> FeatInv:
+        """Rebuild a saved run; ``backbone``/``base`` override the recorded ones but must match their shapes."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise FeatinvError(f"run folder {run_dir} does not exist; pass a folder written by `featinv train`")
+        config = read_json(run_dir / CONFIG_NAME, what="FeatInv run config")
+        if config.get("format") != FORMAT:
+            raise FeatinvError(f"{run_dir / CONFIG_NAME} is not a FeatInv run config; pass a folder written by `featinv train`")
+        entry = config["backbone"]
+        if backbone is None:
+            from featinv.features import backbone as make_backbone
+
+            size = entry.get("input_size")
+            backbone = make_backbone(entry["spec"], layer=entry["layer"], weights=entry.get("weights", "pretrained"),
+                                     input_size=int(size[0]) if size else None, device=device)
+        _check_backbone(backbone, entry, str(run_dir))
+        base_obj = load_base(base if base is not None else config["base"]["spec"], device=device)
+        _check_base(base_obj, config["base"], str(run_dir))
+        controlnet = FeatInvControlNet.from_pretrained(run_dir / CONTROLNET_DIR)
+        if int(controlnet.encoder.config.in_channels) != int(entry["channels"]):
+            raise FeatinvError(f"encoder in {run_dir} expects {controlnet.encoder.config.in_channels} channels but the "
+                               f"run config says {entry['channels']}; the run folder is inconsistent, retrain it")
+        return cls(backbone, base_obj, controlnet, pooled=config.get("pooled", False),
+                   guidance_scale=config.get("guidance_scale"), config=config)
+
+    def save_pretrained(self, run_dir: str | os.PathLike[str]) -> Path:
+        """Write ``controlnet/`` (atomically, as a whole) and then ``config.json``."""
+        run_dir = ensure_output_dir(run_dir)
+        self.controlnet.save_pretrained(run_dir / CONTROLNET_DIR)
+        write_json(run_dir / CONFIG_NAME, self.config)
+        return run_dir
+
+    def to(self, device: str | torch.device) -> FeatInv:
+        self.device = torch.device(device)
+        self.base.to(self.device)
+        self.controlnet.to(self.device)
+        self.backbone.to(self.device)
+        return self
+
+    def __repr__(self) -> str:
+        entry = self.config["backbone"]
+        return (f"FeatInv(backbone={entry['spec']}@{entry['layer']}, base={self.base.spec}, pooled={self.pooled}, "
+                f"encoder={self.config['encoder']}, guidance={self.guidance_scale})")
+
+    # ---- features ------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The ControlNet and its encoder; the base and the backbone stay locked."""
+        self.controlnet.train()
+        self.controlnet.requires_grad_(True)
+        return list(self.controlnet.parameters())
+
+    @torch.no_grad()  # not inference_mode: the trainer feeds these maps into a graph with gradients
+    def features(self, images: Any) -> torch.Tensor:
+        """Backbone feature maps for PIL images or ``[B,3,H,W]`` tensors in [0,1]; pooled if this is a pooled run."""
+        x = self.backbone.preprocess(images).to(self.device)
+        return self.backbone.features(x, pooled=self.pooled)
+
+    def _conditioning(self, features: torch.Tensor) -> torch.Tensor:
+        entry = self.config["backbone"]
+        if features.ndim == 2:  # a pooled vector: copy it to every position
+            features = features[:, :, None, None].expand(-1, -1, *entry["grid"])
+        if features.ndim != 4 or features.shape[1] != int(entry["channels"]):
+            raise FeatinvError(f"features must be [N,{entry['channels']},h,w] from {entry['spec']} layer {entry['layer']}, "
+                               f"got shape {tuple(features.shape)}; compute them with model.features(images)")
+        features = features.to(self.device, torch.float32)
+        if self.pooled:  # idempotent for maps that are already pooled
+            features = features.mean(dim=(2, 3), keepdim=True).expand_as(features)
+        return features
+
+    # ---- training ------------------------------------------------------------------------------
+    def training_loss(self, features: torch.Tensor, images01: torch.Tensor, drop: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise-prediction (or v) MSE of the ControlNet-steered UNet.
+
+        ``drop[i]`` zeroes sample i's feature map and empties its prompt (the paper drops 15%), which
+        teaches the unconditional branch used by classifier-free guidance.
+        """
+        base = self.base
+        drop = torch.as_tensor(drop, dtype=torch.bool, device=self.device).reshape(-1)
+        features = self._conditioning(features) * (~drop).to(torch.float32)[:, None, None, None]
+        with torch.no_grad():
+            latents = base.encode(images01, generator=generator)
+        scheduler = base.make_scheduler("ddpm")
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        t = torch.randint(0, base.num_train_timesteps, (latents.shape[0],), generator=generator).to(self.device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        pred = controlled_unet(base.unet, self.controlnet, noisy, t, base.prompt_embeddings(drop), features)
+        target = noise if base.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
+        return F.mse_loss(pred.float(), target.float())
+
+    # ---- sampling ------------------------------------------------------------------------------
+    def reconstruct(self, features: torch.Tensor | None = None, images: Any = None, seeds: Any = (0,),
+                    guidance_scale: float | None = None, steps: int = 50, scheduler: str = "ddim",
+                    batch_size: int = 16, progress: bool = True, bf16: bool = False) -> Reconstruction:
+        """Sample images whose features should match ``features`` (or those of ``images``).
+
+        One seed per sample (or one seed for all); a sample's image depends only on its own features
+        and seed, never on the rest of its batch. Images come out at the base resolution; use
+        :meth:`Reconstruction.resized` for the backbone's input size.
+        """
+        if (features is None) == (images is None):
+            raise FeatinvError("pass exactly one of features= or images= to reconstruct")
+        if steps < 1 or batch_size < 1:
+            raise FeatinvError(f"steps ({steps}) and batch_size ({batch_size}) must be at least 1")
+        if features is None:
+            features = self.features(images)
+        features = self._conditioning(torch.as_tensor(features))
+        n = features.shape[0]
+        seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else list(seeds))]
+        if len(seeds) == 1:
+            seeds = seeds * n
+        if len(seeds) != n:
+            raise FeatinvError(f"got {len(seeds)} seeds for {n} feature maps; pass one seed per map or a single seed")
+        guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        sampler = self.base.make_scheduler(scheduler)
+        latent_shape = (self.base.latent_channels, self.base.latent_size, self.base.latent_size)
+        chunks = range(0, n, batch_size)
+        self.controlnet.eval()
+        outputs = []
+        with torch.inference_mode(), _steps_bar(len(chunks) * steps, progress) as advance:
+            for start in chunks:
+                feats = features[start:start + batch_size]
+                b = feats.shape[0]
+                cond = self.base.prompt_embeddings(torch.zeros(b, dtype=torch.bool))
+                uncond = self.base.prompt_embeddings(torch.ones(b, dtype=torch.bool))
+                latents = denoise(self.base.unet, self.controlnet, sampler, feats, cond, uncond,
+                                  seeds[start:start + b], latent_shape, steps=steps, guidance_scale=guidance,
+                                  bf16=bf16, on_step=advance)
+                outputs.append(self.base.decode(latents).cpu())
+        return Reconstruction(images=torch.cat(outputs), seeds=seeds, features=features.cpu(),
+                              meta={"guidance_scale": guidance, "steps": steps, "scheduler": scheduler})
+
+
+class _steps_bar:  # noqa: N801 - used like a function in a with statement
+    """A rich bar over all denoising steps of all batches (nothing when disabled)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self._bar = total, enabled, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from featinv.progress import make_progress
+
+        self._bar = make_progress()
+        self._bar.__enter__()
+        task = self._bar.add_task("denoising", total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
