@@ -1,0 +1,58 @@
+"""`featinv reconstruct`: images -> feature maps -> FeatInv samples as PNGs plus a JSON index (resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from featinv.cli.console import console
+from featinv.cli.options import (
+    BatchSize,
+    Device,
+    Guidance,
+    OutDir,
+    Quiet,
+    RunDir,
+    Scheduler,
+    Seeds,
+    Steps,
+    parse_int_list,
+)
+
+
+def reconstruct(
+    run: RunDir,
+    images: Annotated[list[Path], typer.Option("--images", "-i", help="Image files or folders (repeatable).")],
+    out: OutDir,
+    seeds: Seeds = "0",
+    guidance: Guidance = None,
+    steps: Steps = 50,
+    scheduler: Scheduler = "ddim",
+    batch_size: BatchSize = 8,
+    device: Device = "cpu",
+    resize: Annotated[bool, typer.Option("--resize/--base-size", help="Write images at the backbone's input "
+                                         "size instead of the diffusion base's resolution.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Reconstruct images from their feature maps with a trained FeatInv run, one PNG per image and seed.
+
+    Finished outputs are skipped, so rerunning an interrupted command resumes it.
+
+    Example: featinv reconstruct --run runs/lite0 --images photos/ --seeds 0,1,2 --out recon/
+    """
+    from featinv.reconstruct import reconstruct_images
+
+    summary = reconstruct_images(run, images, out, seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps,
+                                 scheduler=scheduler, batch_size=batch_size, device=device, resize=resize,
+                                 overwrite=overwrite, progress=not quiet)
+    console.print(f"wrote {len(summary.written)} images, skipped {len(summary.skipped)} already done "
+                  f"-> {summary.index_path}")
+    for path in summary.unreadable:
+        console.print(f"[yellow]skipped unreadable image:[/] {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("reconstruct")(reconstruct)

@@ -1,0 +1,141 @@
+"""Reconstruct image files with a trained FeatInv run: PNGs plus a JSON index, resumable.
+
+Each (image, seed) pair becomes ``<name>_s<seed>.png`` in the output folder. ``index.json`` records the
+run, the sampling settings and every output; it is rewritten (atomically) after each batch, and a rerun
+skips outputs that already exist, so an interrupted run picks up where it stopped. A rerun with other
+sampling settings is refused unless ``overwrite`` is set, so a folder never mixes settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featinv.errors import FeatinvError
+from featinv.io import atomic_write, ensure_output_dir, read_json, write_json
+
+INDEX_NAME = "index.json"
+_SETTINGS = ("run", "guidance_scale", "steps", "scheduler", "size")
+
+
+@dataclass
+class ReconstructSummary:
+    """What a :func:`reconstruct_images` call did."""
+
+    index_path: Path
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)      # already there from an earlier run
+    unreadable: list[Path] = field(default_factory=list)   # inputs that are not decodable images
+
+
+def _output_names(inputs: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, str]]:
+    """(image path, unique output stem) for every image under the inputs, in a stable order."""
+    from featinv.data import find_images
+
+    items: list[tuple[Path, str]] = []
+    used: set[str] = set()
+    for entry in inputs:
+        listing = find_images(entry)
+        for path in listing.paths:
+            rel = path.relative_to(listing.root).with_suffix("")
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(rel.parts)) or "image"
+            unique, k = stem, 1
+            while unique in used:
+                k += 1
+                unique = f"{stem}_{k}"
+            used.add(unique)
+            items.append((path, unique))
+    return items
+
+
+def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                       out: str | os.PathLike[str], seeds: Sequence[int] = (0,), guidance_scale: float | None = None,
+                       steps: int = 50, scheduler: str = "ddim", batch_size: int = 8, device: str = "cpu",
+                       resize: bool = False, overwrite: bool = False, progress: bool = True) -> ReconstructSummary:
+    """Reconstruct every image (files or folders) once per seed into ``out``.
+
+    run: a run folder or a loaded :class:`~featinv.diffusion.model.FeatInv`. ``resize`` writes the
+    images at the backbone's input size instead of the base resolution.
+    """
+    from featinv.data import to_pil, try_open_image
+    from featinv.diffusion.model import FeatInv
+
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise FeatinvError("no seeds given; pass e.g. --seeds 0,1,2")
+    if batch_size < 1 or steps < 1:
+        raise FeatinvError(f"batch size ({batch_size}) and steps ({steps}) must be at least 1")
+    inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    if not inputs:
+        raise FeatinvError("no images given; pass image files or folders")
+    items = _output_names(inputs)
+    out_dir = ensure_output_dir(out)
+    model = run if isinstance(run, FeatInv) else FeatInv.from_pretrained(run, device=device)
+    guidance = model.guidance_scale if guidance_scale is None else float(guidance_scale)
+    size = list(model.backbone.info.input_size) if resize else [model.base.resolution] * 2
+    run_name = str(Path(run).resolve()) if not isinstance(run, FeatInv) else repr(model)
+    settings = {"run": run_name, "guidance_scale": guidance, "steps": steps, "scheduler": scheduler, "size": size}
+
+    index_path = out_dir / INDEX_NAME
+    entries: dict[str, dict[str, Any]] = {}
+    if index_path.exists() and not overwrite:
+        previous = read_json(index_path, what="reconstruction index")
+        changed = [k for k in _SETTINGS if previous.get(k) != settings[k]]
+        if changed:
+            raise FeatinvError(f"{out_dir} holds reconstructions made with other settings ({', '.join(changed)}); "
+                               "use another --out folder or pass --overwrite")
+        entries = {e["file"]: e for e in previous.get("items", [])}
+
+    summary = ReconstructSummary(index_path)
+    pending: list[tuple[Path, int, Path]] = []
+    for path, stem in items:
+        for seed in seeds:
+            target = out_dir / f"{stem}_s{seed}.png"
+            if target.exists() and not overwrite:
+                summary.skipped.append(target)
+                entries.setdefault(target.name, {"file": target.name, "source": str(path), "seed": seed})
+            else:
+                pending.append((path, seed, target))
+
+    def save_index() -> None:
+        ordered = sorted(entries.values(), key=lambda e: e["file"])
+        write_json(index_path, {**settings, "items": ordered, "unreadable": [str(p) for p in summary.unreadable]})
+
+    from featinv.progress import make_progress
+
+    bar = make_progress() if progress and pending else None
+    task = bar.add_task("reconstructing", total=len(pending)) if bar else None
+    if bar:
+        bar.start()
+    try:
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start:start + batch_size]
+            opened: dict[Path, Any] = {}
+            for path, _, _ in chunk:
+                if path not in opened:
+                    opened[path] = try_open_image(path)
+            bad = [p for p, img in opened.items() if img is None]
+            summary.unreadable.extend(p for p in bad if p not in summary.unreadable)
+            chunk = [c for c in chunk if opened[c[0]] is not None]
+            if chunk:
+                feats = model.features([opened[path] for path, _, _ in chunk])
+                rec = model.reconstruct(features=feats, seeds=[seed for _, seed, _ in chunk], guidance_scale=guidance,
+                                        steps=steps, scheduler=scheduler, batch_size=batch_size, progress=False)
+                pictures = rec.resized(tuple(size)) if resize else rec.images
+                for (path, seed, target), picture in zip(chunk, pictures, strict=True):
+                    with atomic_write(target) as handle:
+                        to_pil(picture).save(handle, format="PNG")
+                    summary.written.append(target)
+                    entries[target.name] = {"file": target.name, "source": str(path), "seed": seed}
+                save_index()
+            if bar:
+                bar.advance(task, len(pending[start:start + batch_size]))
+    finally:
+        if bar:
+            bar.stop()
+    save_index()
+    return summary
