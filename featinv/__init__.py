@@ -15,6 +15,14 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "FeatinvError": "featinv.errors",
+    "FeatInv": "featinv.diffusion.model",
+    "Reconstruction": "featinv.diffusion.model",
+    "DiffusionBase": "featinv.diffusion.bases",
+    "PixelBase": "featinv.diffusion.bases",
+    "load_base": "featinv.diffusion.bases",
+    "FeatInvControlNet": "featinv.diffusion.controlnet",
+    "FeatureEncoder": "featinv.encoders",
+    "reconstruct_images": "featinv.reconstruct",
     "list_backbones": "featinv.registry",
     "create_backbone": "featinv.registry",
     "is_backbone": "featinv.registry",

@@ -1,4 +1,6 @@
 """Built-in plugins. They are loaded through the same pluggy path as third-party plugins."""
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "featinv.plugins.bases",
+    "featinv.plugins.encoders",
 )
