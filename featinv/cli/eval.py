@@ -1,0 +1,215 @@
+"""`featinv eval`: Table 1/2 metrics of a run, guidance sweep (Figure 7), comparisons and the class-prompt baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from featinv.cli.console import console
+from featinv.cli.options import (
+    BatchSize,
+    Device,
+    JsonOutput,
+    Quiet,
+    Scheduler,
+    Steps,
+    parse_float_list,
+    parse_int_list,
+)
+from featinv.errors import FeatinvError
+
+eval_app = typer.Typer(
+    help="Evaluate FeatInv runs: cosine-sim, top5(1) match, FID/KID (paper Tables 1-3, Figure 7).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+PerClass = Annotated[int, typer.Option("--per-class", min=1, help="Originals per class (class = immediate subfolder).")]
+EvalSeeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; each original is reconstructed once per seed.")]
+EvaluateWith = Annotated[list[str] | None, typer.Option(
+    "--evaluate-with", help="Also score top5(1) under this backbone (repeatable), e.g. timm:convnext_base.")]
+EvaluateWeights = Annotated[list[str] | None, typer.Option(
+    "--evaluate-weights", help="Weights for --evaluate-with backbones (one for all or one each): pretrained, none or a file.")]
+Fid = Annotated[str, typer.Option(
+    "--fid", help="FID space: auto (Inception weights if installed, else a labelled backbone substitute), inception, "
+                  "a weight-file path, backbone, backbone:SPEC or none.")]
+Limit = Annotated[int | None, typer.Option("--limit", min=0, help="Make at most this many reconstructions now "
+                                           "(rerun to resume the rest).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Discard earlier results in --out instead of resuming.")]
+OptOut = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: RUN/eval/<data folder name>).")]
+
+
+def _default_out(run: Path, data: Path, guidance: float | None, sub: str = "") -> Path:
+    name = data.resolve().name or "data"
+    suffix = f"-g{guidance:g}" if guidance is not None else ""
+    return run / "eval" / f"{sub}{name}{suffix}"
+
+
+def _print_summaries(summaries: list[dict], title: str) -> None:
+    from featinv.evaluation import cross_rich_table, rich_table
+
+    console.print(rich_table(summaries, title=title))
+    cross = cross_rich_table(summaries)
+    if cross is not None:
+        console.print(cross)
+    for s in summaries:
+        if s.get("fid") and s["fid"]["label"] != "FID":
+            console.print(f"[yellow]note:[/] {s['fid']['label']} is FID computed in {s['fid']['space']} feature space "
+                          "(no Inception weights installed), not comparable to published FID values.")
+            break
+
+
+@eval_app.callback()
+def eval_main(
+    ctx: typer.Context,
+    run: Annotated[Path | None, typer.Option("--run", help="A FeatInv run folder (written by `featinv train`).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Image folder; subfolders are classes (ImageNet layout "
+                                               "works; any folder, e.g. out-of-distribution images).")] = None,
+    out: OptOut = None,
+    per_class: PerClass = 10,
+    seeds: EvalSeeds = "0",
+    guidance: Annotated[float | None, typer.Option("--guidance", min=0.0, help="Guidance scale (default: the run's, "
+                                                   "1.75 unpooled / 8 pooled).")] = None,
+    steps: Steps = 50,
+    scheduler: Scheduler = "ddim",
+    batch_size: BatchSize = 8,
+    evaluate_with: EvaluateWith = None,
+    evaluate_weights: EvaluateWeights = None,
+    fid: Fid = "auto",
+    limit: Limit = None,
+    overwrite: Overwrite = False,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+    json_output: JsonOutput = False,
+) -> None:
+    """Reconstruct N images per class and report cosine-sim, top5(1) match and FID (paper Table 1 layout).
+
+    Writes metrics.json, metrics.csv, metrics.md and the images with an index; rerunning resumes.
+
+    Example: featinv eval --run runs/convnext --data val/ --per-class 10 --evaluate-with timm:resnet50
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if run is None or data is None:
+        raise FeatinvError("featinv eval needs --run DIR and --data DIR; see `featinv eval --help`")
+    from featinv.evaluation import evaluate
+
+    result = evaluate(run, data, out=out or _default_out(run, data, guidance), per_class=per_class,
+                      seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps, scheduler=scheduler,
+                      batch_size=batch_size, evaluate_with=evaluate_with or [], evaluate_weights=evaluate_weights,
+                      fid=fid, limit=limit, overwrite=overwrite, device=device, progress=not quiet)
+    if json_output:
+        console.print_json(json.dumps(result.summary))
+        return
+    _print_summaries([result.summary], title=f"FeatInv evaluation ({result.summary['n_images']} reconstructions)")
+    if not result.summary["complete"]:
+        console.print("[yellow]partial:[/] rerun the same command to finish the remaining images.")
+    console.print(f"results in {result.out}")
+
+
+@eval_app.command("sweep")
+def eval_sweep(
+    run: Annotated[Path, typer.Option("--run", help="A FeatInv run folder.")],
+    data: Annotated[Path, typer.Option("--data", help="Image folder (subfolders are classes).")],
+    guidance: Annotated[str, typer.Option("--guidance", help="Comma-separated guidance scales.")] = "1,1.75,3,5,8",
+    out: OptOut = None,
+    per_class: PerClass = 10,
+    seeds: EvalSeeds = "0",
+    steps: Steps = 50,
+    scheduler: Scheduler = "ddim",
+    batch_size: BatchSize = 8,
+    fid: Fid = "auto",
+    device: Device = "cpu",
+    quiet: Quiet = False,
+    json_output: JsonOutput = False,
+) -> None:
+    """FID (or its labelled substitute) and cosine distance versus guidance scale (paper Figure 7).
+
+    Writes sweep.png and sweep.json, plus one evaluation folder per scale.
+
+    Example: featinv eval sweep --run runs/convnext --data val/ --guidance 1,1.75,3,5,8 --per-class 2
+    """
+    from featinv.evaluation import sweep
+
+    scales = parse_float_list(guidance)
+    result = sweep(run, data, guidance=scales, out=out or _default_out(run, data, None, sub="sweep-"),
+                   per_class=per_class, seeds=parse_int_list(seeds), steps=steps, scheduler=scheduler,
+                   batch_size=batch_size, fid=fid, device=device, progress=not quiet)
+    if json_output:
+        console.print_json(json.dumps(result.numbers))
+        return
+    from rich.table import Table
+
+    n = result.numbers
+    table = Table(title=f"{n['model']}: guidance sweep")
+    for col in ("guidance", n["fid_label"] or "FID", "cosine distance", "top5(1)"):
+        table.add_column(col, justify="right")
+    for i, g in enumerate(n["guidance"]):
+        fid_v, cos_v = n["fid"][i], n["cosine_distance"][i]
+        table.add_row(f"{g:g}", "n/a" if fid_v is None else f"{fid_v:.2f}", "n/a" if cos_v is None else f"{cos_v:.3f}",
+                      f"{100 * n['top5'][i]:.0f}% ({100 * n['top1'][i]:.0f}%)")
+    console.print(table)
+    console.print(f"plot: {result.plot}")
+
+
+@eval_app.command("compare")
+def eval_compare(
+    paths: Annotated[list[Path], typer.Argument(help="Run folders (all their eval/*/) or evaluation folders.")],
+    json_output: JsonOutput = False,
+) -> None:
+    """One table from several evaluations' metrics.json, e.g. pooled vs unpooled runs.
+
+    Example: featinv eval compare runs/convnext runs/convnext-pooled
+    """
+    from featinv.evaluation import compare
+
+    summaries = compare(paths)
+    if json_output:
+        console.print_json(json.dumps(summaries))
+        return
+    _print_summaries(summaries, title="FeatInv comparison")
+
+
+@eval_app.command("baseline")
+def eval_baseline(
+    base: Annotated[str, typer.Option("--base", help="Stable Diffusion base: sd:DIR (needs its text encoder).")],
+    backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="ImageNet classifier to score (repeatable).")],
+    per_class: PerClass = 10,
+    classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated ImageNet class indices "
+                                                "(default: all 1000).")] = None,
+    weights: Annotated[list[str] | None, typer.Option("--weights", help="Weights per --backbone (one for all or one each).")] = None,
+    guidance: Annotated[float, typer.Option("--guidance", min=0.0, help="Text guidance scale.")] = 7.5,
+    steps: Steps = 50,
+    scheduler: Scheduler = "ddim",
+    batch_size: BatchSize = 8,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("baseline"),
+    limit: Limit = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+    json_output: JsonOutput = False,
+) -> None:
+    """Class-prompt baseline (paper Table 3 "MiniSD top5(1)"): images from "a high-quality, detailed, and
+    professional image of a CLASS, which is a kind of SUPERCLASS", scored by each backbone.
+
+    Example: featinv eval baseline --base sd:./miniSD --backbone timm:convnext_base --per-class 10 --classes 0,1,2
+    """
+    from featinv.evaluation import baseline_markdown, class_baseline
+
+    result = class_baseline(base, backbone, per_class=per_class,
+                            classes=parse_int_list(classes) if classes else None, out=out,
+                            guidance_scale=guidance, steps=steps, scheduler=scheduler, batch_size=batch_size,
+                            weights=weights, limit=limit, device=device, progress=not quiet)
+    if json_output:
+        console.print_json(json.dumps(result.summary))
+        return
+    from rich.markdown import Markdown
+
+    console.print(Markdown(baseline_markdown(result.summary)))
+    console.print(f"results in {result.out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
