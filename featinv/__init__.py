@@ -15,6 +15,14 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "FeatinvError": "featinv.errors",
+    "evaluate": "featinv.evaluation",
+    "EvalResult": "featinv.evaluation",
+    "class_baseline": "featinv.evaluation",
+    "cosine_median": "featinv.metrics",
+    "topk_match": "featinv.metrics",
+    "mean_ci95": "featinv.metrics",
+    "frechet_distance": "featinv.metrics",
+    "kernel_distance": "featinv.metrics",
     "FeatInv": "featinv.diffusion.model",
     "Reconstruction": "featinv.diffusion.model",
     "DiffusionBase": "featinv.diffusion.bases",

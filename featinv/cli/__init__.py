@@ -15,6 +15,7 @@ from featinv.errors import FeatinvError
 COMMAND_MODULES: tuple[str, ...] = (
     "featinv.cli.plugins",
     "featinv.cli.reconstruct",
+    "featinv.cli.eval",
 )
 
 app = typer.Typer(
