@@ -50,6 +50,10 @@ _LAZY: dict[str, str] = {
     "builtin_photos": "featinv.data",
     "find_images": "featinv.data",
     "open_image": "featinv.data",
+    "train": "featinv.diffusion.trainer",
+    "TrainConfig": "featinv.diffusion.trainer",
+    "train_base": "featinv.diffusion.trainer",
+    "BaseTrainConfig": "featinv.diffusion.trainer",
 }
 
 __all__ = ["__version__", "hookimpl", "hookspec", *_LAZY]

@@ -15,6 +15,8 @@ from featinv.errors import FeatinvError
 COMMAND_MODULES: tuple[str, ...] = (
     "featinv.cli.plugins",
     "featinv.cli.reconstruct",
+    "featinv.cli.train",
+    "featinv.cli.base",
     "featinv.cli.eval",
 )
 

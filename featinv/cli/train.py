@@ -1,0 +1,118 @@
+"""`featinv train`: fill a TrainConfig from options and make one call to ``featinv.train``.
+
+The options of the training loop (steps, checkpoints, precision ...) are shared with ``featinv base train``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from featinv.cli.console import console
+from featinv.cli.options import (
+    BackboneSpec,
+    BaseSpec,
+    DataDir,
+    InputSize,
+    Layer,
+    OutDir,
+    Pooled,
+    Quiet,
+    Weights,
+)
+
+Epochs = Annotated[float, typer.Option("--epochs", min=0.0, help="Passes over the data (paper: 3).")]
+MaxSteps = Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps (overrides --epochs).")]
+TrainBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per process and micro-batch (paper: 8).")]
+GradAccum = Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per optimizer step.")]
+LearningRate = Annotated[float, typer.Option("--lr", min=0.0, help="AdamW learning rate.")]
+WarmupSteps = Annotated[int, typer.Option("--warmup-steps", min=0, help="Linear lr warm-up steps.")]
+MaxSamples = Annotated[int | None, typer.Option("--max-samples", min=1, help="Train on a seeded random subset of this many images.")]
+MixedPrecision = Annotated[str, typer.Option("--mixed-precision", help="no, bf16 or fp16 (fp16 needs a GPU).")]
+GradCkpt = Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward (less memory).")]
+Workers = Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader worker processes (decode + crop).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of every random choice (data order, crops, noise).")]
+CkptEvery = Annotated[int, typer.Option("--checkpoint-every", min=1, help="Write a checkpoint every N steps.")]
+KeepCkpts = Annotated[int, typer.Option("--keep-checkpoints", min=1, help="Keep the newest K checkpoints.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint.")]
+LogEvery = Annotated[int, typer.Option("--log-every", min=1, help="Append metrics to metrics.jsonl every N steps.")]
+ValidateEvery = Annotated[int, typer.Option("--validate-every", min=0, help="Save a validation PNG grid every N steps (0: at the end only).")]
+ValSteps = Annotated[int, typer.Option("--val-steps", min=1, help="Denoising steps for validation grids.")]
+TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Also log to TensorBoard (OUT/logs) via accelerate.")]
+TrainDevice = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: what accelerate picks).")]
+
+
+def loop_kwargs(values: dict[str, Any]) -> dict[str, Any]:
+    """Map the shared CLI option values to LoopConfig fields."""
+    return {
+        "data": values["data"], "out": values["out"], "epochs": values["epochs"], "max_steps": values["max_steps"],
+        "batch_size": values["batch_size"], "grad_accum": values["grad_accum"], "lr": values["lr"],
+        "warmup_steps": values["warmup_steps"], "max_samples": values["max_samples"],
+        "mixed_precision": values["mixed_precision"], "gradient_checkpointing": values["gradient_checkpointing"],
+        "num_workers": values["num_workers"], "seed": values["seed"], "checkpoint_every": values["checkpoint_every"],
+        "keep_checkpoints": values["keep_checkpoints"], "resume": values["resume"], "log_every": values["log_every"],
+        "validate_every": values["validate_every"], "val_steps": values["val_steps"],
+        "tracker": "tensorboard" if values["tensorboard"] else None, "device": values["device"],
+        "progress": not values["quiet"],
+    }
+
+
+def train(
+    data: DataDir,
+    out: OutDir,
+    backbone: BackboneSpec = "timm:convnext_base",
+    base: BaseSpec = "sd:lambdalabs/miniSD-diffusers",
+    layer: Layer = None,
+    pooled: Pooled = False,
+    encoder: Annotated[str, typer.Option("--encoder", help="Feature encoder: conv or perceiver (or a plugin's).")] = "conv",
+    weights: Weights = "pretrained",
+    input_size: InputSize = None,
+    epochs: Epochs = 3.0,
+    max_steps: MaxSteps = None,
+    batch_size: TrainBatch = 8,
+    grad_accum: GradAccum = 1,
+    lr: LearningRate = 1e-5,
+    warmup_steps: WarmupSteps = 0,
+    max_samples: MaxSamples = None,
+    cache_features: Annotated[bool, typer.Option("--cache-features", help="Compute features + targets once for fixed "
+                                                 "crops and train from that cache (no augmentation; fast on a CPU).")] = False,
+    cache_views: Annotated[int, typer.Option("--cache-views", min=1, help="Fixed crops per image in the cache.")] = 1,
+    no_flips: Annotated[bool, typer.Option("--no-flips", help="No horizontal/vertical flips.")] = False,
+    mixed_precision: MixedPrecision = "no",
+    gradient_checkpointing: GradCkpt = False,
+    num_workers: Workers = 2,
+    seed: Seed = 0,
+    checkpoint_every: CkptEvery = 500,
+    keep_checkpoints: KeepCkpts = 3,
+    resume: Resume = False,
+    log_every: LogEvery = 10,
+    validate_every: ValidateEvery = 0,
+    val_steps: ValSteps = 20,
+    tensorboard: TensorBoard = False,
+    device: TrainDevice = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train FeatInv: a ControlNet on a frozen diffusion base, conditioned on a backbone's feature map.
+
+    Paper defaults: AdamW, lr 1e-5, batch 8, 3 epochs, 15% conditioning dropout, RandomResizedCrop + flips.
+    Ctrl-C writes a checkpoint; --resume continues exactly. Several GPUs / nodes:
+    accelerate launch -m featinv train ...
+
+    Example: featinv train --data imagenet/train --backbone timm:convnext_base --base sd:lambdalabs/miniSD-diffusers --out runs/convnext
+    """
+    from featinv.diffusion.trainer import TrainConfig
+    from featinv.diffusion.trainer import train as run
+
+    values = dict(locals())
+    config = TrainConfig(**loop_kwargs(values), backbone=backbone, base=base, layer=layer, pooled=pooled,
+                         encoder=encoder, backbone_weights=weights, input_size=input_size,
+                         cache_features=cache_features, cache_views=cache_views,
+                         hflip=not no_flips, vflip=not no_flips)
+    path = run(config)
+    console.print(f"FeatInv run written to [bold]{path}[/] (load with FeatInv.from_pretrained or --run {path})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+
