@@ -54,6 +54,13 @@ _LAZY: dict[str, str] = {
     "TrainConfig": "featinv.diffusion.trainer",
     "train_base": "featinv.diffusion.trainer",
     "BaseTrainConfig": "featinv.diffusion.trainer",
+    "steer_concepts": "featinv.analyses.steering",
+    "FeatInvViz": "featinv.analyses.steering",
+    "interpolate": "featinv.analyses.interpolation",
+    "Interpolation": "featinv.analyses.interpolation",
+    "compose": "featinv.analyses.compose",
+    "Composition": "featinv.analyses.compose",
+    "FeatureShiftWarning": "featinv.analyses",
 }
 
 __all__ = ["__version__", "hookimpl", "hookspec", *_LAZY]

@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "featinv.cli.train",
     "featinv.cli.base",
     "featinv.cli.eval",
+    "featinv.cli.viz",
 )
 
 app = typer.Typer(

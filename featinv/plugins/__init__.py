@@ -3,4 +3,5 @@
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "featinv.plugins.bases",
     "featinv.plugins.encoders",
+    "featinv.plugins.analyses",
 )
