@@ -1,0 +1,59 @@
+"""`featinv layers SPEC`: every hookable module path of a backbone with its output shape and stride."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from featinv.cli.console import console
+from featinv.cli.options import Device, InputSize, JsonOutput, Layer
+
+
+def layers(
+    spec: Annotated[str, typer.Argument(help="Backbone spec, e.g. timm:convnext_tiny or torchvision:resnet50.")],
+    input_size: InputSize = None,
+    layer: Layer = None,
+    weights: Annotated[str, typer.Option("--weights", help="Weights to build with; shapes do not depend on "
+                                         "them, so 'none' (no download) is the default.")] = "none",
+    spatial_only: Annotated[bool, typer.Option("--spatial-only", help="Hide modules without a spatial grid.")] = False,
+    device: Device = "cpu",
+    json_output: JsonOutput = False,
+) -> None:
+    """List every layer (module path) with its feature map as CxHxW and stride; * marks the default layer.
+
+    Any layer with a grid can be passed as --layer to other commands; --layer here checks a name (marked >).
+
+    Example: featinv layers timm:convnext_tiny --input-size 224
+    """
+    from featinv.features import list_layers
+
+    model, infos = list_layers(spec, input_size=input_size, weights=weights, layer=layer, device=device)
+    if spatial_only:
+        infos = [info for info in infos if info.spatial]
+    if json_output:
+        console.print_json(json.dumps({"spec": model.spec, "input_size": list(model.info.input_size),
+                                       "default": model.default_layer, "layer": model.layer, "info": asdict(model.info), "layers": [asdict(i) for i in infos]}))
+        return
+    h, w = model.info.input_size
+    table = Table(title=f"{model.spec} layers at {h}x{w} (* = default: {model.default_layer})")
+    table.add_column("")
+    table.add_column("layer", no_wrap=True)
+    table.add_column("module", max_width=20, overflow="ellipsis", no_wrap=True)
+    table.add_column("C×H×W", justify="right", no_wrap=True)
+    table.add_column("stride", justify="right")
+    table.add_column("layout", overflow="ellipsis", no_wrap=True)
+    for info in infos:
+        shape = "×".join(str(v) for v in info.shape) if info.shape else "—"
+        style = "bold green" if info.is_default or info.path == model.layer else (None if info.spatial else "dim")
+        mark = ("*" if info.is_default else "") + (">" if layer is not None and info.path == model.layer else "")
+        table.add_row(mark, info.path, info.type, shape,
+                      str(info.stride) if info.stride else "—", info.layout, style=style)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("layers")(layers)

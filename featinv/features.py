@@ -1,0 +1,494 @@
+"""Backbones: a classifier cut at one layer, returning that layer's feature map in NCHW.
+
+A :class:`Backbone` wraps any ``torch.nn.Module`` classifier plus what its library knows about it
+(:class:`ModelKnowledge`: prefix tokens, patch grid, channels-last stages, input config). Layers are
+module paths (``stages.3``, ``layer4``, ``blocks.11``). Features are captured with a forward hook that
+lives only inside a ``with`` block and, for :meth:`Backbone.features`, stops the forward pass right
+after the layer, so the rest of the network never runs.
+
+Whatever layout the layer emits -- NCHW, NHWC (Swin stages) or token sequences ``[B, N, C]`` with any
+number of prefix tokens -- :func:`to_nchw` turns it into ``[B, C, h, w]`` in row-major grid order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from featinv.errors import FeatinvError, closest
+
+__all__ = [
+    "Backbone",
+    "FeatureInfo",
+    "LayerInfo",
+    "Layout",
+    "ModelKnowledge",
+    "Preprocessing",
+    "backbone",
+    "pool_features",
+    "resolve_layout",
+    "to_nchw",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What a backbone's chosen layer produces at the backbone's input size."""
+
+    spec: str
+    layer: str
+    channels: int
+    grid: tuple[int, int]
+    stride: int
+    input_size: tuple[int, int]
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One hookable module: its output as NCHW ``shape`` (C, h, w) and stride, or why it has no grid."""
+
+    path: str
+    type: str
+    shape: tuple[int, int, int] | None
+    stride: int | None
+    layout: str  # "NCHW", "NHWC", "tokens+K" (K prefix tokens) or the reason there is no grid
+    is_default: bool = False
+
+    @property
+    def spatial(self) -> bool:
+        return self.shape is not None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The model's own input config: size (H, W), mean/std and resize interpolation."""
+
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"  # "bilinear" | "bicubic" | "nearest"
+
+
+@dataclass
+class ModelKnowledge:
+    """What the model's library knows about its layouts, so nothing has to be guessed.
+
+    ``prefix_tokens``: class/distillation/register tokens in front of patch tokens.
+    ``patch_grid(input_hw)``: the patch-token grid (h, w) for an input size, or None for pure CNNs.
+    ``channels_last(path)``: True where the library declares NHWC outputs (Swin stages).
+    ``preferred_layers``: canonical feature layers (timm's ``feature_info``), used to name the default.
+    ``pre_pool(model, x)``: runs the model up to global pooling and returns that tensor (the default
+    layer is the module that produced it).
+    """
+
+    prefix_tokens: int = 0
+    patch_grid: Callable[[tuple[int, int]], tuple[int, int]] | None = None
+    channels_last: Callable[[str], bool] = field(default=lambda path: False)
+    preferred_layers: tuple[str, ...] = ()
+    pre_pool: Callable[[nn.Module, Tensor], Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a layer's output maps to NCHW: ``kind`` is "NCHW", "NHWC" or "tokens"."""
+
+    kind: str
+    grid: tuple[int, int]
+    prefix: int = 0
+
+    def describe(self) -> str:
+        return f"tokens+{self.prefix}" if self.kind == "tokens" else self.kind
+
+
+class NoSpatialGrid(FeatinvError):
+    """The layer's output is not a spatial feature map (a vector, windows, a tuple...)."""
+
+
+# ----------------------------------------------------------------------------------------- layout
+
+def _plausible_grid(grid: tuple[int, int], input_hw: tuple[int, int]) -> bool:
+    """Whether (h, w) is the input downsampled by one integer stride (floor or ceil rounding)."""
+    h, w = grid
+    if h < 1 or w < 1 or h > input_hw[0] or w > input_hw[1]:
+        return False
+    ratio = input_hw[0] / h
+    for stride in {math.floor(ratio), math.ceil(ratio), round(ratio)}:
+        if stride < 1:
+            continue
+        ok_h = h in (input_hw[0] // stride, -(-input_hw[0] // stride))
+        ok_w = w in (input_hw[1] // stride, -(-input_hw[1] // stride))
+        if ok_h and ok_w:
+            return True
+    return False
+
+
+def resolve_layout(shape: Sequence[int], input_hw: tuple[int, int], knowledge: ModelKnowledge,
+                   path: str = "", batch: int | None = None) -> Layout:
+    """Decide how an output of ``shape`` maps to NCHW, from the model's knowledge and the input size.
+
+    4-D: the library's declared format (NHWC for Swin stages, NCHW otherwise) unless that format gives
+    a grid the input size cannot produce and the other one does (e.g. channels-last MLPs inside ConvNeXt
+    blocks). 3-D: a token sequence; the model's prefix-token count and patch grid must add up exactly.
+    Anything else raises :class:`NoSpatialGrid` with the reason.
+    """
+    shape = tuple(int(s) for s in shape)
+    where = f"layer {path!r}" if path else "this layer"
+    if batch is not None and shape and shape[0] != batch:
+        raise NoSpatialGrid(f"{where} outputs {list(shape)}, whose first axis is not the batch ({batch}) "
+                            "(windows or flattened positions); pick an enclosing module, see `featinv layers SPEC`")
+    if len(shape) == 4:
+        nchw, nhwc = (shape[2], shape[3]), (shape[1], shape[2])
+        first, second = ("NHWC", "NCHW") if knowledge.channels_last(path) else ("NCHW", "NHWC")
+        grids = {"NCHW": nchw, "NHWC": nhwc}
+        for kind in (first, second):
+            if _plausible_grid(grids[kind], input_hw):
+                return Layout(kind, grids[kind])
+        raise NoSpatialGrid(f"{where} outputs {list(shape)}, which is no downsampled grid of the "
+                            f"{input_hw[0]}x{input_hw[1]} input; pick another layer, see `featinv layers SPEC`")
+    if len(shape) == 3:
+        if knowledge.patch_grid is None:
+            raise NoSpatialGrid(f"{where} outputs a sequence {list(shape)} but the model has no patch grid; "
+                                "pick a layer with a [B, C, H, W] output, see `featinv layers SPEC`")
+        grid = tuple(knowledge.patch_grid(input_hw))
+        prefix = knowledge.prefix_tokens
+        if shape[1] != prefix + grid[0] * grid[1]:
+            raise NoSpatialGrid(f"{where} outputs {shape[1]} tokens, not {prefix} prefix + {grid[0]}x{grid[1]} "
+                                "patch tokens; pick a block output, see `featinv layers SPEC`")
+        return Layout("tokens", (grid[0], grid[1]), prefix)
+    raise NoSpatialGrid(f"{where} outputs {list(shape)}, which has no spatial grid (pooled vector or logits); "
+                        "pick an earlier layer, see `featinv layers SPEC`")
+
+
+def to_nchw(output: Tensor, layout: Layout) -> Tensor:
+    """Apply ``layout``: NCHW as is, NHWC permuted, tokens without prefix reshaped row-major to the grid."""
+    if layout.kind == "NCHW":
+        return output
+    if layout.kind == "NHWC":
+        return output.permute(0, 3, 1, 2)
+    if layout.kind == "tokens":
+        batch, _, channels = output.shape
+        h, w = layout.grid
+        return output[:, layout.prefix:].reshape(batch, h, w, channels).permute(0, 3, 1, 2)
+    raise ValueError(f"unknown layout kind {layout.kind!r}")
+
+
+def pool_features(fmap: Tensor) -> Tensor:
+    """The paper's pooled baseline: mean over positions, copied back to every position of the grid."""
+    return fmap.mean(dim=(2, 3), keepdim=True).expand_as(fmap).contiguous()
+
+
+def _first_tensor_shape(output: Any) -> tuple[int, ...] | None:
+    return tuple(output.shape) if isinstance(output, Tensor) else None
+
+
+# ----------------------------------------------------------------------------------------- hooks
+
+class _StopForward(Exception):
+    """Raised by a capture hook to leave the forward pass once the layer has run."""
+
+
+@contextmanager
+def capture(module: nn.Module, stop: bool = False) -> Iterator[dict[str, Any]]:
+    """Record ``module``'s output in the yielded dict under "output"; with ``stop`` end the forward there.
+
+    The hook exists only inside the ``with`` block; :class:`_StopForward` is swallowed on exit.
+    """
+    store: dict[str, Any] = {}
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        store["output"] = output  # a module called several times (a shared ReLU) keeps its last output
+        store["calls"] = store.get("calls", 0) + 1
+        if stop:
+            raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def record_all(model: nn.Module) -> Iterator[list[tuple[str, Any, Any]]]:
+    """Record (path, first input, output) for every submodule call in call order; hooks removed on exit."""
+    calls: list[tuple[str, Any, Any]] = []
+    handles = []
+
+    def make_hook(path: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, inputs: Any, output: Any) -> None:
+            first = inputs[0] if isinstance(inputs, tuple) and inputs else None
+            calls.append((path, first, output))
+        return hook
+
+    try:
+        for path, module in model.named_modules():
+            if path:
+                handles.append(module.register_forward_hook(make_hook(path)))
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ----------------------------------------------------------------------------------------- backbone
+
+_LAYOUT_ONLY = {"Identity", "Permute", "Flatten", "Dropout", "DropPath", "StochasticDepth"}
+
+
+class Backbone:
+    """A frozen classifier cut at ``layer``: preprocessing, NCHW features, logits, layer listing."""
+
+    def __init__(self, spec: str, model: nn.Module, layer: str | None, preprocessing: Preprocessing,
+                 knowledge: ModelKnowledge | None = None, device: str | torch.device = "cpu",
+                 weights: str = "pretrained") -> None:
+        self.spec = spec
+        self.weights = weights  # what was loaded, so a saved run can rebuild the same backbone
+        self.model = model.eval().requires_grad_(False)
+        self.preprocessing = preprocessing
+        self.knowledge = knowledge or ModelKnowledge()
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._modules = dict(self.model.named_modules())
+        self._modules.pop("", None)
+        self.default_layer = self._find_default_layer()
+        self.layer = self._check_layer(layer) if layer is not None else self.default_layer
+        self.info = self._probe_info()
+
+    # -- construction helpers
+    def _dummy(self, batch: int = 1) -> Tensor:
+        h, w = self.preprocessing.input_size
+        return torch.zeros(batch, 3, h, w, device=self.device)
+
+    def _check_layer(self, layer: str) -> str:
+        if layer not in self._modules:
+            hints = closest(layer, self._modules, n=5)
+            hint = f"closest: {', '.join(hints)}; " if hints else ""
+            raise FeatinvError(f"{self.spec} has no layer {layer!r}; {hint}run `featinv layers {self.spec}` "
+                               "to list every layer")
+        return layer
+
+    def _find_default_layer(self) -> str:
+        """The module producing the last spatial map before global pooling (the paper's choice)."""
+        x = self._dummy()
+        with torch.no_grad(), record_all(self.model) as calls:
+            if self.knowledge.pre_pool is not None:
+                target = self.knowledge.pre_pool(self.model, x)
+            else:
+                self.model(x)
+                target = None
+        if target is None:  # fall back: last top-level module with a spatial output
+            for path, _, output in reversed(calls):
+                if "." not in path and self._layout_or_none(path, output) is not None:
+                    return path
+            raise FeatinvError(f"{self.spec} has no layer with a spatial feature map; pass --layer explicitly")
+        while True:
+            # skip pass-through and layout-only modules: follow the tensor back to whoever made it
+            made = [(p, inp) for p, inp, out in calls if out is target and inp is not target]
+            real = [p for p, _ in made if type(self._modules[p]).__name__ not in _LAYOUT_ONLY]
+            if real:
+                break
+            if not made or not isinstance(made[-1][1], Tensor):
+                raise FeatinvError(f"could not find the layer before pooling in {self.spec}; pass --layer explicitly")
+            target = made[-1][1]
+        preferred = [p for p in real if p in self.knowledge.preferred_layers]
+        if preferred:
+            return preferred[-1]
+        path = min(real, key=lambda p: (p.count("."), real.index(p)))
+        # descend through plain containers of heterogeneous parts (torchvision's `features`)
+        while type(self._modules[path]) in (nn.Sequential, nn.ModuleList):
+            children = list(self._modules[path].named_children())
+            if len({type(c) for _, c in children}) <= 1:
+                break
+            child = f"{path}.{children[-1][0]}"
+            if child not in real:
+                break
+            path = child
+        return path
+
+    def _layout_or_none(self, path: str, output: Any, input_hw: tuple[int, int] | None = None,
+                        batch: int = 1) -> Layout | None:
+        shape = _first_tensor_shape(output)
+        if shape is None:
+            return None
+        try:
+            return resolve_layout(shape, input_hw or self.preprocessing.input_size, self.knowledge, path, batch)
+        except NoSpatialGrid:
+            return None
+
+    def _probe_info(self) -> FeatureInfo:
+        x = self._dummy()
+        with torch.no_grad(), capture(self._modules[self.layer]) as store:
+            logits = self.model(x)
+        self._stop_early = store.get("calls", 0) == 1  # a module called twice must see the whole pass
+        fmap = self._to_nchw(store, x)
+        h, w = self.preprocessing.input_size
+        return FeatureInfo(spec=self.spec, layer=self.layer, channels=int(fmap.shape[1]),
+                           grid=(int(fmap.shape[2]), int(fmap.shape[3])), stride=max(1, round(h / fmap.shape[2])),
+                           input_size=(h, w), num_classes=int(logits.shape[-1]))
+
+    # -- public API
+    def __repr__(self) -> str:
+        i = self.info
+        return (f"Backbone({self.spec!r}, layer={self.layer!r}, {i.channels}x{i.grid[0]}x{i.grid[1]}, "
+                f"stride {i.stride}, input {i.input_size[0]}x{i.input_size[1]})")
+
+    def to(self, device: str | torch.device) -> Backbone:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def normalize(self, images01: Tensor) -> Tensor:
+        """Differentiable: resize [B,3,h,w] in [0,1] to the input size and apply the model's mean/std."""
+        if images01.ndim == 3:
+            images01 = images01.unsqueeze(0)
+        if images01.ndim != 4 or images01.shape[1] != 3:
+            raise FeatinvError(f"images must be [B, 3, H, W] in [0, 1], got {list(images01.shape)}; "
+                               "convert to RGB float tensors first")
+        x = images01.to(self.device, torch.float32)
+        size = self.preprocessing.input_size
+        if tuple(x.shape[-2:]) != size:
+            mode = self.preprocessing.interpolation
+            kwargs = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
+            x = F.interpolate(x, size=size, mode=mode, **kwargs)
+            if mode == "bicubic":
+                x = x.clamp(0, 1)
+        mean = torch.tensor(self.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocessing.std, device=self.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def preprocess(self, images: Any) -> Tensor:
+        """PIL image(s) or a [B,3,H,W]/[3,H,W] tensor in [0,1] -> normalised [B,3,H,W] at the input size.
+
+        The largest central crop with the input's aspect ratio is kept (the whole short side), then
+        resized with the model's interpolation -- the same resize :meth:`normalize` applies.
+        """
+        from PIL import Image
+
+        from featinv.data import to_tensor01
+
+        if isinstance(images, Image.Image):
+            images = [images]
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise FeatinvError("no images given to preprocess; pass at least one image")
+            if not all(isinstance(img, Image.Image) for img in images):
+                raise FeatinvError("preprocess takes PIL images or one [B,3,H,W] tensor in [0,1]; got a mixed list")
+            return torch.cat([self.normalize(self._center_crop(to_tensor01(img)[None])) for img in images])
+        if not isinstance(images, Tensor):
+            raise FeatinvError(f"preprocess takes PIL images or a tensor, not {type(images).__name__}")
+        if images.is_floating_point() and images.numel() and float(images.max()) > 1.5:
+            raise FeatinvError("tensor images must be floats in [0, 1] (got values above 1); divide by 255 first")
+        if not images.is_floating_point():
+            images = images.float() / 255.0
+        if images.ndim == 3:
+            images = images[None]
+        return self.normalize(self._center_crop(images))
+
+    def _center_crop(self, x: Tensor) -> Tensor:
+        th, tw = self.preprocessing.input_size
+        h, w = x.shape[-2:]
+        if h * tw > w * th:  # too tall
+            ch, cw = round(w * th / tw), w
+        else:
+            ch, cw = h, round(h * tw / th)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return x[..., top:top + ch, left:left + cw]
+
+    def _to_nchw(self, store: dict[str, Any], x: Tensor) -> Tensor:
+        if "output" not in store:
+            raise FeatinvError(f"layer {self.layer!r} of {self.spec} does not run in the forward pass; "
+                               f"pick another, see `featinv layers {self.spec}`")
+        output = store["output"]
+        shape = _first_tensor_shape(output)
+        if shape is None:
+            raise NoSpatialGrid(f"layer {self.layer!r} of {self.spec} returns {type(output).__name__}, not a tensor; "
+                                f"pick one of its submodules, see `featinv layers {self.spec}`")
+        layout = resolve_layout(shape, (int(x.shape[-2]), int(x.shape[-1])), self.knowledge, self.layer,
+                                int(x.shape[0]))
+        return to_nchw(output, layout).float().contiguous()
+
+    def features(self, x: Tensor, pooled: bool = False) -> Tensor:
+        """The layer's feature map [B,C,h,w] for preprocessed ``x``; the rest of the network does not run."""
+        x = x.to(self.device)
+        with capture(self._modules[self.layer], stop=self._stop_early) as store:
+            self.model(x)
+        fmap = self._to_nchw(store, x)
+        return pool_features(fmap) if pooled else fmap
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The full classifier's logits [B, num_classes] for preprocessed ``x``."""
+        return self.model(x.to(self.device))
+
+    def features_and_logits(self, x: Tensor, pooled: bool = False) -> tuple[Tensor, Tensor]:
+        """Features and logits from one forward pass."""
+        x = x.to(self.device)
+        with capture(self._modules[self.layer]) as store:
+            logits = self.model(x)
+        fmap = self._to_nchw(store, x)
+        return (pool_features(fmap) if pooled else fmap), logits
+
+    def layers(self) -> list[LayerInfo]:
+        """Every hookable module path with its NCHW output shape and stride (one probe forward)."""
+        x = self._dummy()
+        with torch.no_grad(), record_all(self.model) as calls:
+            self.model(x)
+        last = {path: output for path, _, output in calls}  # a module called twice keeps its last output
+        h, w = self.preprocessing.input_size
+        infos = []
+        for path, module in self._modules.items():
+            kind = type(module).__name__
+            if path not in last:
+                infos.append(LayerInfo(path, kind, None, None, "not called in forward", path == self.default_layer))
+                continue
+            output = last[path]
+            shape = _first_tensor_shape(output)
+            try:
+                if shape is None:
+                    raise NoSpatialGrid(f"returns {type(output).__name__}")
+                layout = resolve_layout(shape, (h, w), self.knowledge, path, 1)
+            except NoSpatialGrid as exc:
+                reason = str(exc) if shape is None else f"no grid: {list(shape)}"
+                infos.append(LayerInfo(path, kind, None, None, reason, path == self.default_layer))
+                continue
+            fmap = to_nchw(output, layout)
+            infos.append(LayerInfo(path, kind, (int(fmap.shape[1]), int(fmap.shape[2]), int(fmap.shape[3])),
+                                   max(1, round(h / fmap.shape[2])), layout.describe(), path == self.default_layer))
+        return infos
+
+
+def backbone(spec: str, layer: str | None = None, weights: str = "pretrained", input_size: int | None = None,
+             device: str | torch.device = "cpu") -> Backbone:
+    """Build a backbone from a spec such as ``timm:convnext_base`` or ``torchvision:resnet50``.
+
+    ``weights``: "pretrained" (the library's own download/cache), "none" (seeded random init) or a
+    local .pth/.pt/.safetensors file. ``layer`` is a module path; None picks the last spatial map.
+    """
+    from featinv.registry import create_backbone
+
+    if not isinstance(spec, str) or not spec:
+        raise FeatinvError("backbone spec must be a string like timm:convnext_base or torchvision:resnet50")
+    return create_backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device)
+
+
+def list_layers(spec: str, input_size: int | None = None, weights: str = "none", layer: str | None = None,
+                device: str | torch.device = "cpu") -> tuple[Backbone, list[LayerInfo]]:
+    """Every hookable layer of ``spec`` with its NCHW output shape and stride (behind `featinv layers`).
+
+    Shapes do not depend on the weights, so random init (no download) is the default. ``layer`` is
+    checked (close names suggested) and becomes the backbone's layer.
+    """
+    model = backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device)
+    return model, model.layers()
