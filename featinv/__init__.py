@@ -15,6 +15,11 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "FeatinvError": "featinv.errors",
+    "backbone": "featinv.features",
+    "Backbone": "featinv.features",
+    "FeatureInfo": "featinv.features",
+    "LayerInfo": "featinv.features",
+    "pool_features": "featinv.features",
     "evaluate": "featinv.evaluation",
     "EvalResult": "featinv.evaluation",
     "class_baseline": "featinv.evaluation",

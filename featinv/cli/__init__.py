@@ -14,6 +14,7 @@ from featinv.errors import FeatinvError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "featinv.cli.plugins",
+    "featinv.cli.layers",
     "featinv.cli.reconstruct",
     "featinv.cli.train",
     "featinv.cli.base",
