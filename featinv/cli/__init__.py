@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "featinv.cli.train",
     "featinv.cli.base",
     "featinv.cli.eval",
+    "featinv.cli.concepts",
     "featinv.cli.viz",
 )
 

@@ -4,5 +4,6 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "featinv.plugins.backbones",
     "featinv.plugins.bases",
     "featinv.plugins.encoders",
+    "featinv.plugins.decomposers",
     "featinv.plugins.analyses",
 )

@@ -1,0 +1,587 @@
+"""Concept decomposition of feature maps: per-concept parts plus a residual that sum exactly to the input.
+
+A :class:`Decomposer` is fitted on feature vectors (one per feature-map position, ``[N, C]``) and then
+splits any feature map ``[B, C, H, W]`` into a :class:`Decomposition` whose ``parts`` are the K concept
+parts and one residual (what no concept explains). The residual is always computed as
+``input - sum(concept parts)``, so editing one part and summing gives a feature map that differs from the
+original only in that concept -- what concept steering (FeatInv-Viz) needs.
+
+Methods are plugins (``register_decomposers``): ``mcd`` (multi-dimensional concept discovery, concepts as
+linear subspaces), ``nmf`` (non-negative / semi-NMF atoms) and ``sae`` (TopK sparse autoencoder atoms).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from featinv.errors import FeatinvError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from featinv.features import Backbone
+
+CONFIG_FILE = "config.json"
+STATE_FILE = "concepts.safetensors"
+FORMAT = "featinv-concepts"
+FORMAT_VERSION = 1
+_CHUNK = 8192  # positions per block when reconstructing many vectors (bounds [K, chunk, C] memory)
+
+
+@dataclass
+class Decomposition:
+    """A feature map split into concept parts and a residual.
+
+    ``parts[:K]`` are the concepts, ``parts[K]`` the residual; ``parts.sum(0)`` equals the input up to
+    float rounding.
+    """
+
+    parts: Tensor  # [K+1, B, C, H, W]
+
+    @property
+    def n_concepts(self) -> int:
+        return self.parts.shape[0] - 1
+
+    @property
+    def concepts(self) -> Tensor:
+        """``[K, B, C, H, W]`` -- the concept parts without the residual."""
+        return self.parts[:-1]
+
+    @property
+    def residual(self) -> Tensor:
+        """``[B, C, H, W]`` -- the part of the input that no concept explains."""
+        return self.parts[-1]
+
+    def total(self) -> Tensor:
+        """The sum of all parts: the input feature map."""
+        return self.parts.sum(0)
+
+    def concept_maps(self, include_residual: bool = False) -> Tensor:
+        """``[K, B, H, W]`` (``[K+1, ...]`` with the residual): ``|part|^2`` per position.
+
+        This is the coarse concept activation map; upsample it bilinearly to overlay it on an image.
+        """
+        parts = self.parts if include_residual else self.concepts
+        return parts.pow(2).sum(2)
+
+    def edited(self, concept: int, factor: float) -> Tensor:
+        """The feature map with concept ``concept`` scaled by ``factor`` and every other part unchanged."""
+        if not -self.n_concepts <= concept < self.n_concepts:
+            raise FeatinvError(
+                f"concept {concept} does not exist; choose 0..{self.n_concepts - 1} (the decomposition has "
+                f"{self.n_concepts} concepts)"
+            )
+        return self.total() + (factor - 1.0) * self.parts[concept]
+
+    def relevance(self, weight: Tensor) -> Tensor:
+        """``[K+1, B, H, W]`` local relevance ``<part, w>`` of every part for a linear read-out ``w`` ``[C]``.
+
+        Because the parts sum to the input, the relevances sum to ``<f, w>`` at every position.
+        """
+        weight = torch.as_tensor(weight, dtype=self.parts.dtype, device=self.parts.device).reshape(-1)
+        if weight.numel() != self.parts.shape[2]:
+            raise FeatinvError(
+                f"classifier weight has {weight.numel()} entries but the feature map has {self.parts.shape[2]} "
+                "channels; pass the weight row of a linear classifier on this layer"
+            )
+        return torch.einsum("kbchw,c->kbhw", self.parts, weight)
+
+
+def _as_matrix(vectors: Any, what: str = "feature vectors") -> Tensor:
+    """Validate ``[N, C]`` finite real data and return it as a float64 CPU tensor (numerics need it)."""
+    tensor = torch.as_tensor(vectors)
+    if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise FeatinvError(
+            f"{what} must be a non-empty [N, C] matrix, got shape {tuple(tensor.shape)}; flatten feature maps "
+            "with featinv.concepts.feature_vectors(fmap)"
+        )
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise FeatinvError(f"{what} must be real numbers, got {tensor.dtype}; pass float features")
+    tensor = tensor.detach().to("cpu", torch.float64)
+    if not torch.isfinite(tensor).all():
+        raise FeatinvError(f"{what} contain NaN or infinite values; check the backbone output or the input images")
+    return tensor
+
+
+def feature_vectors(fmap: Tensor) -> Tensor:
+    """``[B, C, H, W]`` -> ``[B*H*W, C]``: one vector per feature-map position (the unit concepts act on)."""
+    if fmap.ndim != 4:
+        raise FeatinvError(f"a feature map must be [B, C, H, W], got shape {tuple(fmap.shape)}")
+    return fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1])
+
+
+class Decomposer(ABC):
+    """Base class of the concept decomposers.
+
+    Subclasses implement ``_fit(x)`` (x is float64 ``[N, C]``), ``_concept_parts(x) -> [K, N, C]`` and
+    ``_state()`` / ``_load_state(tensors)``; the base class does validation, the exact residual, chunking
+    and saving/loading so every method behaves the same at those edges.
+    """
+
+    name: ClassVar[str] = ""
+    #: show progress bars during long fits (not saved; set False in tests and batch jobs)
+    progress: bool = True
+
+    def __init__(self, n_concepts: int = 5, seed: int = 0) -> None:
+        if isinstance(n_concepts, bool) or not isinstance(n_concepts, int) or n_concepts < 1:
+            raise FeatinvError(f"n_concepts must be a positive integer, got {n_concepts!r}; pass e.g. --n-concepts 5")
+        self.n_concepts = n_concepts
+        self.seed = int(seed)
+        self._channels: int | None = None
+        self.classifier_weight: Tensor | None = None
+        #: where the fitting data came from (backbone spec, layer, ...), saved with the decomposer
+        self.meta: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- subclass interface
+    def options(self) -> dict[str, Any]:
+        """Constructor arguments that define this decomposer (saved in config.json)."""
+        return {"n_concepts": self.n_concepts, "seed": self.seed}
+
+    def _min_samples(self) -> int:
+        return self.n_concepts
+
+    @abstractmethod
+    def _fit(self, x: Tensor) -> None:
+        """Learn the concepts from float64 vectors ``[N, C]``."""
+
+    @abstractmethod
+    def _concept_parts(self, x: Tensor) -> Tensor:
+        """``[K, N, C]``: the part of each vector that each concept explains."""
+
+    def _reconstruct(self, x: Tensor) -> Tensor:
+        """Sum of the concept parts for ``x`` ``[N, C]`` (override when cheaper than summing parts)."""
+        return self._concept_parts(x).sum(0)
+
+    @abstractmethod
+    def _state(self) -> dict[str, Tensor]:
+        """The fitted tensors to save."""
+
+    @abstractmethod
+    def _load_state(self, tensors: dict[str, Tensor]) -> None:
+        """Restore from the tensors written by :meth:`_state`."""
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def fitted(self) -> bool:
+        return self._channels is not None
+
+    @property
+    def channels(self) -> int:
+        """Number of feature channels the decomposer was fitted on."""
+        if self._channels is None:
+            raise FeatinvError(f"the {self.name} decomposer is not fitted yet; call .fit(vectors) or load a fitted one")
+        return self._channels
+
+    def fit(self, vectors: Tensor, classifier_weight: Tensor | None = None) -> Decomposer:
+        """Fit on feature vectors ``[N, C]``; ``classifier_weight`` ``[C]`` (optional) enables relevances."""
+        x = _as_matrix(vectors)
+        n, c = x.shape
+        need = self._min_samples()
+        if n < need:
+            raise FeatinvError(
+                f"{self.name} with n_concepts={self.n_concepts} needs at least {need} feature vectors but got {n}; "
+                "lower n_concepts or fit on more images"
+            )
+        weight = None
+        if classifier_weight is not None:
+            weight = _as_matrix(torch.as_tensor(classifier_weight).reshape(1, -1), "classifier weight")[0]
+            if weight.numel() != c:
+                raise FeatinvError(
+                    f"classifier weight has {weight.numel()} entries but the vectors have {c} channels; pass the "
+                    "weight row of a linear classifier that reads this layer"
+                )
+        with torch.no_grad():
+            self._fit(x)
+        self._channels = c
+        self.classifier_weight = None if weight is None else weight.float()
+        return self
+
+    def check_input(self, fmap: Tensor) -> None:
+        """Refuse a feature map whose shape or channel count does not fit this decomposer."""
+        channels = self.channels
+        if not isinstance(fmap, Tensor) or fmap.ndim != 4:
+            shape = tuple(fmap.shape) if isinstance(fmap, Tensor) else type(fmap).__name__
+            raise FeatinvError(f"decompose needs a [B, C, H, W] feature map, got {shape}")
+        if fmap.shape[1] != channels:
+            source = ""
+            if self.meta.get("backbone"):
+                source = f" ({self.meta['backbone']} layer {self.meta.get('layer')})"
+            raise FeatinvError(
+                f"feature map has {fmap.shape[1]} channels but the {self.name} decomposer was fitted on {channels}"
+                f"{source}; use features of the layer it was fitted on or refit it"
+            )
+
+    def decompose(self, fmap: Tensor) -> Decomposition:
+        """Split ``fmap`` ``[B, C, H, W]`` into K concept parts plus the residual (exact sum)."""
+        self.check_input(fmap)
+        b, c, h, w = fmap.shape
+        x = _as_matrix(feature_vectors(fmap), "feature map")
+        with torch.no_grad():
+            concepts = torch.cat([self._concept_parts(chunk) for chunk in x.split(_CHUNK)], dim=1)
+        concepts = concepts.to(fmap.dtype if fmap.is_floating_point() else torch.float32)
+        original = fmap.detach().to("cpu", concepts.dtype)
+        concepts = concepts.reshape(self.n_concepts, b, h, w, c).permute(0, 1, 4, 2, 3)
+        residual = original - concepts.sum(0)
+        return Decomposition(torch.cat([concepts, residual[None]]).to(fmap.device))
+
+    def reconstruct(self, vectors: Tensor) -> Tensor:
+        """``[N, C]``: what the concepts together explain of each vector (input minus residual)."""
+        self.channels  # noqa: B018 - raises when not fitted
+        x = _as_matrix(vectors)
+        self._check_vector_channels(x)
+        with torch.no_grad():
+            return torch.cat([self._reconstruct(chunk) for chunk in x.split(_CHUNK)]).float()
+
+    def relative_error(self, vectors: Tensor) -> float:
+        """``||residual||^2 / ||x||^2`` over ``vectors`` ``[N, C]``: the energy no concept explains."""
+        x = _as_matrix(vectors)
+        self._check_vector_channels(x)
+        residual = x - self.reconstruct(x).double()
+        return float(residual.pow(2).sum() / x.pow(2).sum().clamp_min(1e-30))
+
+    def local_relevance(self, decomposition: Decomposition) -> Tensor:
+        """``[K+1, B, H, W]``: ``<part, w>`` with the stored classifier weight; sums to ``<f, w>``."""
+        return decomposition.relevance(self._require_weight())
+
+    def _require_weight(self) -> Tensor:
+        if self.classifier_weight is None:
+            raise FeatinvError(
+                "no classifier weight is stored with this decomposer; fit it with classifier_weight=W[class] "
+                "(the linear classifier row for the class of interest)"
+            )
+        return self.classifier_weight
+
+    def _check_vector_channels(self, x: Tensor) -> None:
+        if x.shape[1] != self.channels:
+            raise FeatinvError(
+                f"vectors have {x.shape[1]} channels but the {self.name} decomposer was fitted on {self.channels}; "
+                "use features of the layer it was fitted on or refit it"
+            )
+
+    def check_backbone(self, spec: str, layer: str | None, channels: int) -> None:
+        """Refuse a backbone/layer whose features this decomposer was not fitted on."""
+        fitted_spec, fitted_layer = self.meta.get("backbone"), self.meta.get("layer")
+        if channels != self.channels:
+            raise FeatinvError(
+                f"{spec} layer {layer} has {channels} channels but these concepts were fitted on {self.channels}"
+                f"{f' ({fitted_spec} layer {fitted_layer})' if fitted_spec else ''}; use that backbone/layer or refit"
+            )
+        if fitted_spec and (fitted_spec != spec or (fitted_layer and layer and fitted_layer != layer)):
+            raise FeatinvError(
+                f"these concepts were fitted on {fitted_spec} layer {fitted_layer}, not {spec} layer {layer}; use "
+                "the same backbone and layer or refit the concepts"
+            )
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json`` + ``concepts.safetensors`` to ``directory`` atomically."""
+        from featinv.io import atomic_dir, save_safetensors, write_json
+
+        state = dict(self._state())
+        if self.classifier_weight is not None:
+            state["classifier_weight"] = self.classifier_weight
+        config = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "method": self.name,
+            "options": self.options(),
+            "channels": self.channels,
+            "n_concepts": self.n_concepts,
+            "summary": self.summary(),
+            "meta": self.meta,
+        }
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            save_safetensors(state, tmp / STATE_FILE, metadata={"method": self.name})
+            write_json(tmp / CONFIG_FILE, config)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Decomposer:
+        """Load a decomposer saved with :meth:`save` (any method; the class is chosen from config.json)."""
+        return load_decomposer(directory)
+
+    def summary(self) -> dict[str, Any]:
+        """A few numbers describing the fitted concepts (shown by the CLI, saved in config.json)."""
+        return {}
+
+    def __repr__(self) -> str:
+        fitted = f"channels={self._channels}" if self.fitted else "unfitted"
+        return f"{type(self).__name__}(n_concepts={self.n_concepts}, {fitted})"
+
+
+def create_decomposer(method: str, n_concepts: int = 5, **options: Any) -> Decomposer:
+    """Build an unfitted decomposer by registered name (``mcd``, ``nmf``, ``sae`` or a plugin's)."""
+    from featinv.registry import create_decomposer as _create
+
+    return _create(method, n_concepts=n_concepts, **options)
+
+
+def load_decomposer(directory: str | os.PathLike[str]) -> Decomposer:
+    """Load a fitted decomposer folder written by :meth:`Decomposer.save`."""
+    from featinv.io import load_safetensors, read_json
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FeatinvError(f"concepts folder {directory} does not exist; fit one with `featinv concepts fit`")
+    config = read_json(directory / CONFIG_FILE, what="concepts config")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise FeatinvError(f"{directory} is not a featinv concepts folder; pass a folder written by `featinv concepts fit`")
+    if config.get("version", 0) > FORMAT_VERSION:
+        raise FeatinvError(f"{directory} was written by a newer featinv (format {config['version']}); upgrade featinv")
+    try:
+        method, options, channels = config["method"], dict(config["options"]), int(config["channels"])
+    except (KeyError, TypeError, ValueError):
+        raise FeatinvError(f"concepts config in {directory} is incomplete; refit the concepts") from None
+    tensors = load_safetensors(directory / STATE_FILE)
+    decomposer = create_decomposer(method, **options)
+    weight = tensors.pop("classifier_weight", None)
+    try:
+        decomposer._load_state(tensors)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise FeatinvError(f"concepts state in {directory} does not match its config ({exc}); refit the concepts") from None
+    decomposer._channels = channels
+    decomposer.classifier_weight = weight
+    decomposer.meta = dict(config.get("meta") or {})
+    return decomposer
+
+
+# --------------------------------------------------------------------------- fitting on a backbone's features
+def _collect_images(data: Any, max_images: int | None) -> tuple[list[Image.Image], int, str]:
+    """``data`` -> (RGB images, number skipped as unreadable, a description for the metadata).
+
+    ``data`` is an image folder (recursive), one image file, or a list of paths / PIL images.
+    """
+    from PIL import Image as PILImage
+
+    from featinv.data import find_images, try_open_image
+
+    if data is None:
+        raise FeatinvError("no fitting data given; pass an image folder (e.g. one class), image files or PIL images")
+    if isinstance(data, (str, os.PathLike)):
+        items: list[Any] = list(find_images(data).paths)
+        description = str(data)
+    elif isinstance(data, PILImage.Image):
+        items, description = [data], "1 image"
+    elif isinstance(data, Sequence) and len(data) > 0:
+        items = []
+        for item in data:
+            items.extend(find_images(item).paths if isinstance(item, (str, os.PathLike)) else [item])
+        description = f"{len(items)} images"
+    else:
+        raise FeatinvError(f"fitting data must be a folder, image path(s) or PIL images, got {type(data).__name__}")
+    if max_images is not None:
+        if max_images < 1:
+            raise FeatinvError(f"max_images must be at least 1, got {max_images}")
+        items = items[:max_images]
+    images: list[Image.Image] = []
+    skipped = 0
+    for item in items:
+        if isinstance(item, PILImage.Image):
+            images.append(item.convert("RGB"))
+            continue
+        if not isinstance(item, (str, os.PathLike)):
+            raise FeatinvError(f"fitting data must be image paths or PIL images, got {type(item).__name__}")
+        img = try_open_image(item)
+        if img is None:
+            skipped += 1
+        else:
+            images.append(img)
+    if not images:
+        raise FeatinvError(f"none of the {len(items)} images in {description} could be read; pass readable images")
+    return images, skipped, description
+
+
+def extract_vectors(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 16,
+                    progress: bool = True) -> Tensor:
+    """Feature vectors ``[N*h*w, C]`` of ``backbone`` for every position of every image (CPU float32)."""
+    from featinv.progress import progress as progress_bar
+
+    if batch_size < 1:
+        raise FeatinvError(f"batch_size must be at least 1, got {batch_size}")
+    batches = [list(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    vectors = []
+    with torch.no_grad():
+        for batch in progress_bar(batches, description="extracting features", enabled=progress):
+            vectors.append(feature_vectors(backbone.features(backbone.preprocess(batch))).float().cpu())
+    return torch.cat(vectors)
+
+
+def classifier_row(backbone: Backbone, target_class: int) -> Tensor:
+    """The weight row for ``target_class`` of the backbone's final linear classifier, if it reads this layer.
+
+    Relevances ``<f_c, w>`` only mean something when the classifier is linear in the layer's features
+    (the layer is the one directly before global pooling and the last ``Linear``).
+    """
+    linear = [m for m in backbone.model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linear:
+        raise FeatinvError(f"{backbone.spec} has no linear classifier; fit without target_class")
+    head = linear[-1]
+    if not 0 <= target_class < head.out_features:
+        raise FeatinvError(f"target class {target_class} is outside 0..{head.out_features - 1}; pass a class index")
+    if head.in_features != backbone.info.channels:
+        raise FeatinvError(
+            f"the classifier of {backbone.spec} reads {head.in_features} channels but layer {backbone.layer} has "
+            f"{backbone.info.channels}; relevances need the last feature layer (omit --layer) or no --target-class"
+        )
+    return head.weight[target_class].detach().float().cpu()
+
+
+def fit_concepts(
+    backbone: str | Backbone,
+    layer: str | None = None,
+    data: Any = None,
+    method: str = "mcd",
+    n_concepts: int = 5,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    weights: str = "pretrained",
+    input_size: int | None = None,
+    max_images: int | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    target_class: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> Decomposer:
+    """Fit concepts on a backbone layer's feature vectors over images (e.g. one class) and optionally save them.
+
+    ``backbone`` is a spec (``timm:tf_efficientnet_lite0``) or a built :class:`~featinv.features.Backbone`;
+    ``data`` an image folder, image file(s) or PIL images; ``options`` go to the decomposer (e.g.
+    ``clustering="kmeans"`` for MCD, ``k=4`` for the SAE). ``target_class`` stores that class's classifier
+    row for relevances (only when the layer feeds the linear classifier). The saved folder records the
+    backbone spec, layer, weights and channels so later commands can check they use the same features.
+    """
+    from featinv.features import backbone as build_backbone
+
+    decomposer = create_decomposer(method, n_concepts=n_concepts, **options)
+    decomposer.progress = progress
+    images, skipped, description = _collect_images(data, max_images)
+    if isinstance(backbone, str):
+        model = build_backbone(backbone, layer=layer, weights=weights, input_size=input_size, device=device)
+    else:
+        model = backbone
+        if layer is not None and layer != model.layer:
+            raise FeatinvError(f"the backbone given is cut at {model.layer!r}, not {layer!r}; build it with that layer")
+    vectors = extract_vectors(model, images, batch_size=batch_size, progress=progress)
+    weight = classifier_row(model, target_class) if target_class is not None else None
+    decomposer.fit(vectors, classifier_weight=weight)
+    decomposer.meta = {
+        "backbone": model.spec,
+        "layer": model.layer,
+        "weights": getattr(model, "weights", weights),
+        "input_size": input_size if isinstance(backbone, str) else model.info.input_size[0],
+        "input_hw": list(model.info.input_size),
+        "grid": list(model.info.grid),
+        "channels": model.info.channels,
+        "data": description,
+        "n_images": len(images),
+        "skipped_images": skipped,
+        "n_vectors": int(vectors.shape[0]),
+        "energy_explained": round(1.0 - decomposer.relative_error(vectors), 6),
+        "target_class": target_class,
+    }
+    if out is not None:
+        decomposer.save(out)
+    return decomposer
+
+
+# --------------------------------------------------------------------------- concept activation maps
+def backbone_for(decomposer: Decomposer, device: str = "cpu") -> Backbone:
+    """Rebuild the backbone (spec, layer, weights, input size) the concepts were fitted on."""
+    from featinv.features import backbone as build_backbone
+
+    meta = decomposer.meta
+    if not meta.get("backbone"):
+        raise FeatinvError("these concepts were fitted on raw vectors, so their backbone is unknown; pass backbone=")
+    model = build_backbone(meta["backbone"], layer=meta.get("layer"), weights=meta.get("weights", "pretrained"),
+                           input_size=meta.get("input_size"), device=device)
+    decomposer.check_backbone(model.spec, model.layer, model.info.channels)
+    return model
+
+
+def concept_activation_maps(
+    decomposer: Decomposer, backbone: Backbone, image: Image.Image | str | os.PathLike[str]
+) -> tuple[Tensor, Tensor]:
+    """``(image01 [3, H, W], maps [K+1, H, W])``: |part|^2 per position, bilinearly upsampled to the input.
+
+    This is the coarse concept activation map (the last map is the residual) that FeatInv-Viz improves on.
+    """
+    import torch.nn.functional as F
+
+    from featinv.data import open_image
+
+    decomposer.check_backbone(backbone.spec, backbone.layer, backbone.info.channels)
+    if isinstance(image, (str, os.PathLike)):
+        image = open_image(image)
+    x = backbone.preprocess(image)
+    with torch.no_grad():
+        decomposition = decomposer.decompose(backbone.features(x))
+    maps = decomposition.concept_maps(include_residual=True)[:, 0].cpu()  # [K+1, h, w]
+    size = tuple(x.shape[-2:])
+    upsampled = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0].clamp_min(0.0)
+    mean = torch.tensor(backbone.preprocessing.mean).view(3, 1, 1)
+    std = torch.tensor(backbone.preprocessing.std).view(3, 1, 1)
+    image01 = (x[0].cpu() * std + mean).clamp(0.0, 1.0)
+    return image01, upsampled
+
+
+def concept_figure(image01: Tensor, maps: Tensor, title: str = "") -> Figure:
+    """Image plus one panel per concept (and the residual) with its activation map overlaid.
+
+    All panels share one colour scale, so brightness compares concepts; titles give each part's share of
+    the total ``|part|^2`` over the image.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    k = maps.shape[0] - 1
+    shares = maps.sum((1, 2)) / maps.sum().clamp_min(1e-30)
+    vmax = float(maps.max().clamp_min(1e-30))
+    panels = k + 2
+    fig, axes = plt.subplots(1, panels, figsize=(2.2 * panels, 2.6), squeeze=False)
+    picture = image01.permute(1, 2, 0).numpy()
+    gray = picture.mean(2)
+    axes[0, 0].imshow(picture)
+    axes[0, 0].set_title("image", fontsize=9)
+    for i in range(k + 1):
+        ax = axes[0, i + 1]
+        ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(maps[i].numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=vmax)
+        name = f"concept {i}" if i < k else "residual"
+        ax.set_title(f"{name} ({100 * float(shares[i]):.0f}%)", fontsize=9)
+    for ax in axes[0]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def show_concepts(
+    concepts: str | os.PathLike[str] | Decomposer,
+    image: Image.Image | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    backbone: Backbone | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Write a PNG of the concept activation maps (bilinear upsampling) of ``image`` for saved concepts."""
+    from featinv.io import save_figure
+
+    decomposer = concepts if isinstance(concepts, Decomposer) else load_decomposer(concepts)
+    model = backbone if backbone is not None else backbone_for(decomposer, device=device)
+    image01, maps = concept_activation_maps(decomposer, model, image)
+    title = f"{decomposer.name} concepts, {model.spec} {model.layer}"
+    return save_figure(concept_figure(image01, maps, title), out)
