@@ -1,0 +1,194 @@
+"""The documentation site: the generated CLI reference, every command's example, and that the docs only
+use commands and options that exist (so a renamed flag breaks a test, not a reader's copy-paste)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def _load_hooks():
+    spec = importlib.util.spec_from_file_location("featinv_docs_hooks", DOCS / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+hooks = _load_hooks()
+
+
+def _invokable(command) -> bool:
+    """Leaf commands, and groups that run something themselves (``invoke_without_command``)."""
+    return not hooks._is_group(command) or bool(getattr(command, "invoke_without_command", False))
+
+
+@pytest.fixture(scope="module")
+def reference() -> str:
+    return hooks.cli_reference_markdown()
+
+
+def test_reference_has_every_command(reference: str) -> None:
+    paths = [path for path, _ in hooks.walk_commands()]
+    assert len(paths) >= 2
+    for path in paths:
+        heading = f"`{' '.join(path)}` {{#{'-'.join(path)}}}"
+        assert heading in reference, f"{' '.join(path)} missing from the generated CLI reference"
+
+
+def test_reference_has_every_option(reference: str) -> None:
+    import typer
+
+    for path, command in hooks.walk_commands():
+        ctx = typer.Context(command, info_name=" ".join(path))
+        section = reference.split(f"{{#{'-'.join(path)}}}", 1)[1].split("{#featinv-", 1)[0]
+        for param in command.get_params(ctx):
+            if param.hidden or param.param_type_name != "option" or "--help" in param.opts:
+                continue
+            assert param.opts[0] in section, f"{param.opts[0]} of {' '.join(path)} missing from the reference"
+
+
+def test_cli_page_is_generated_not_copied() -> None:
+    text = (DOCS / "cli.md").read_text()
+    assert hooks.CLI_MARKER in text
+    assert "Usage:" not in text  # the hook writes the commands; nothing is hand-copied
+
+
+def test_hook_fills_markers() -> None:
+    page = f"a\n{hooks.CLI_MARKER}\nb\n{hooks.FIGURES_MARKER}\n"
+    out = hooks.on_page_markdown(page, page=None, config=None, files=None)
+    assert hooks.CLI_MARKER not in out and hooks.FIGURES_MARKER not in out
+    assert "## `featinv`" in out
+
+
+def test_every_command_help_has_an_example() -> None:
+    from featinv.cli import app
+
+    runner = CliRunner()
+    missing = []
+    for path, command in hooks.walk_commands():
+        if not _invokable(command):
+            continue
+        result = runner.invoke(app, [*path[1:], "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        if "Example:" not in result.output:
+            missing.append(" ".join(path))
+    assert not missing, f"commands whose --help has no 'Example:': {missing}"
+
+
+def test_demo_figures_only_when_present(tmp_path: Path) -> None:
+    assert "](img/" not in hooks.demo_figures_markdown(tmp_path / "absent")
+    (tmp_path / "steering.png").write_bytes(b"")
+    (tmp_path / "reconstructions.png").write_bytes(b"")
+    (tmp_path / "extra_plot.png").write_bytes(b"")
+    text = hooks.demo_figures_markdown(tmp_path)
+    links = re.findall(r"\(img/([^)]+)\)", text)
+    assert links == ["reconstructions.png", "steering.png", "extra_plot.png"]
+
+
+# ---- the docs use only commands and options that exist ----------------------------------------
+
+def _code_blocks(text: str) -> list[str]:
+    """Bodies of fenced shell code blocks (bash, sh, console or no language)."""
+    blocks, body, lang = [], None, ""
+    for line in text.splitlines():
+        fence = re.match(r"^\s*```(\S*)", line)
+        if fence and body is None:
+            body, lang = [], fence.group(1)
+        elif fence:
+            if lang in ("", "bash", "sh", "console", "shell"):
+                blocks.append("\n".join(body))
+            body = None
+        elif body is not None:
+            body.append(line)
+    return blocks
+
+
+def _doc_commands() -> list[tuple[str, str]]:
+    """(page, command line) for every ``featinv ...`` invocation in a shell code block or inline code."""
+    found = []
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text()
+        for block in _code_blocks(text):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" #")[0].strip()
+                match = re.search(r"(?:^|\s|/|-m )featinv(\s.*)?$", line)
+                if match and not line.startswith(("import", "from", "pip")):
+                    found.append((page.name, "featinv" + (match.group(1) or "")))
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        for span in re.findall(r"`(featinv [^`]+)`", prose):
+            found.append((page.name, span))
+    return found
+
+
+def _resolve(tokens: list[str]):
+    """Walk the command tree along ``tokens``; return (command path, command, remaining tokens)."""
+    command = hooks.root_command()
+    path = ["featinv"]
+    rest = list(tokens)
+    while rest and hooks._is_group(command):
+        token = rest[0]
+        if token in ("--debug", "--version", "--help", "-h"):
+            rest.pop(0)
+            continue
+        if token in command.commands:
+            command = command.commands[token]
+            path.append(rest.pop(0))
+            continue
+        break
+    return path, command, rest
+
+
+def test_docs_use_only_existing_commands_and_options() -> None:
+    import typer
+
+    commands = _doc_commands()
+    assert len(commands) > 10
+    problems = []
+    for page, line in commands:
+        tokens = shlex.split(line)[1:]
+        path, command, rest = _resolve(tokens)
+        if hooks._is_group(command) and not _invokable(command) and rest and not rest[0].startswith("-") \
+                and rest[0].isidentifier() and rest[0].islower():
+            problems.append(f"{page}: `{line}`: {' '.join(path)} has no subcommand {rest[0]!r}")
+            continue
+        if len(path) == 1 and rest and re.fullmatch(r"[a-z][a-z-]*", rest[0]):
+            if page == "plugins.md":  # documents a third-party plugin's own command
+                continue
+            problems.append(f"{page}: `{line}`: no command {rest[0]!r}")
+            continue
+        ctx = typer.Context(command, info_name=" ".join(path))
+        known = {"--help", "-h"}
+        for param in command.get_params(ctx):
+            known.update(param.opts)
+            known.update(param.secondary_opts)
+        for token in rest:
+            if token.startswith("-") and not re.fullmatch(r"-?\d[\d.,]*", token):
+                name = token.split("=", 1)[0]
+                if name not in known and "..." not in name:
+                    problems.append(f"{page}: `{line}`: {' '.join(path)} has no option {name}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
+                    reason="the docs extra is not installed (CI builds the site in its own step)")
+def test_mkdocs_build_strict(tmp_path: Path) -> None:
+    mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
+    cmd = [mkdocs] if mkdocs else [sys.executable, "-m", "mkdocs"]
+    result = subprocess.run([*cmd, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120,
+                            env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cli_html = (tmp_path / "site" / "cli" / "index.html").read_text()
+    for path, _ in hooks.walk_commands():
+        assert f'id="{"-".join(path)}"' in cli_html
