@@ -141,17 +141,6 @@ def test_in_memory_items_and_cross_model(runs) -> None:
     assert "Cross-model" in evaluation._cross_markdown([result.summary])
 
 
-def test_sweep_writes_plot_and_numbers(runs, data, tmp_path) -> None:
-    result = evaluation.sweep(runs["unpooled"], data / "dog", guidance=[1.0, 3.0], out=tmp_path / "sweep",
-                              per_class=2, **FAST)
-    assert result.plot is not None and result.plot.is_file()
-    assert Image.open(result.plot).format == "PNG"
-    numbers = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-    assert numbers["guidance"] == [1.0, 3.0] and len(numbers["fid"]) == 2 and len(numbers["cosine_distance"]) == 2
-    assert numbers["fid_label"].startswith("FID[")
-    assert (tmp_path / "sweep" / "guidance-3" / "metrics.json").is_file()
-
-
 def test_compare_reads_runs_and_eval_folders(runs, data, tmp_path) -> None:
     for kind in ("unpooled", "pooled"):
         evaluation.evaluate(runs[kind], data / "dog", out=runs[kind] / "eval" / "dog", per_class=1, **FAST)
