@@ -190,3 +190,20 @@ def test_pooled_perceiver_run_from_images(tmp_path):
     loaded = FeatInv.from_pretrained(run)
     assert loaded.pooled and type(loaded.controlnet.encoder).__name__ == "PerceiverEncoder"
     assert torch.equal(loaded.reconstruct(images=photos, seeds=[0, 1], steps=2, progress=False).images, rec.images)
+
+
+def test_unsaved_pixel_base_is_refused_on_save(model, tmp_path):
+    from featinv.diffusion.bases import PixelBase
+
+    base = PixelBase.create(resolution=16, widths=(8, 16), cross_attention_dim=8, attention_head_dim=4)
+    unsaved = FeatInv.create(model.backbone, base, encoder_kwargs={"hidden": 8})
+    with pytest.raises(FeatinvError, match="never saved"):
+        unsaved.save_pretrained(tmp_path / "run")
+    base.save_pretrained(tmp_path / "base")
+    run = unsaved.save_pretrained(tmp_path / "run")
+    assert FeatInv.from_pretrained(run, backbone=model.backbone).base.spec == f"pixel:{(tmp_path / 'base').resolve()}"
+
+
+def test_progress_bar_path(model, feats):
+    rec = model.reconstruct(features=feats[:1], seeds=[0], steps=2, progress=True)
+    assert rec.images.shape == (1, 3, 16, 16)

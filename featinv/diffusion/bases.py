@@ -244,7 +244,8 @@ class StableDiffusionBase(DiffusionBase):
         text_encoder.eval()
         prompt_embeds = _encode_prompts(tokenizer, text_encoder)
         del text_encoder  # the two prompts are all FeatInv ever needs
-        return cls(f"sd:{path_or_id}", unet, scheduler_config, prompt_embeds, vae=vae, device=device)
+        spec = f"sd:{local.resolve()}" if is_local else f"sd:{path_or_id}"  # absolute: runs load from any cwd
+        return cls(spec, unet, scheduler_config, prompt_embeds, vae=vae, device=device)
 
 
 # ---- pixel: a small pixel-space base trainable on a CPU --------------------------------------------
@@ -297,7 +298,7 @@ class PixelBase(DiffusionBase):
         _load_state(unet, load_safetensors(directory / "unet" / "diffusion_pytorch_model.safetensors"), directory)
         table = torch.nn.Parameter(load_safetensors(directory / "prompts.safetensors")["prompt_embeds"])
         scheduler_config = read_json(directory / "scheduler" / "scheduler_config.json", what="pixel base scheduler")
-        return cls(f"pixel:{directory}", unet, scheduler_config, table, device=device)
+        return cls(f"pixel:{directory.resolve()}", unet, scheduler_config, table, device=device)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write the base atomically piece by piece; the marker file is written last."""
@@ -310,7 +311,7 @@ class PixelBase(DiffusionBase):
         save_safetensors({"prompt_embeds": self.prompt_embeds.detach()}, directory / "prompts.safetensors")
         write_json(directory / PIXEL_MARKER, {"kind": "pixel", "resolution": self.resolution,
                                               "format_version": 1})
-        self.spec = f"pixel:{directory}"
+        self.spec = f"pixel:{directory.resolve()}"
         return directory
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

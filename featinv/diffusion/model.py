@@ -8,7 +8,9 @@ whose shapes do not match what the ControlNet was trained on.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from featinv.diffusion.bases import DiffusionBase, load_base
+from featinv.diffusion.bases import PIXEL_MARKER, DiffusionBase, load_base
 from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
 from featinv.diffusion.sampler import denoise
 from featinv.encoders import build_encoder
@@ -79,6 +81,12 @@ def _check_base(base: DiffusionBase, expected: dict[str, Any], run: str) -> None
         detail = ", ".join(f"{k} {got[k]} != {expected[k]}" for k in bad)
         raise FeatinvError(f"diffusion base {base.spec} does not match run {run} ({detail}); "
                            f"use the base the run was trained on ({expected.get('spec')})")
+
+
+def _loadable(spec: str) -> bool:
+    """A pixel base created in memory has no folder yet; everything else is loaded by its spec."""
+    prefix, _, rest = spec.partition(":")
+    return prefix != "pixel" or (Path(rest) / PIXEL_MARKER).is_file()
 
 
 class FeatInv:
@@ -153,7 +161,11 @@ class FeatInv:
 
     def save_pretrained(self, run_dir: str | os.PathLike[str]) -> Path:
         """Write ``controlnet/`` (atomically, as a whole) and then ``config.json``."""
+        if not _loadable(self.base.spec):
+            raise FeatinvError(f"the diffusion base {self.base.spec} was never saved, so the run could not be loaded "
+                               "again; save it first with base.save_pretrained(DIR)")
         run_dir = ensure_output_dir(run_dir)
+        self.config["base"] = self.base.describe()  # the base may have been saved (and named) since
         self.controlnet.save_pretrained(run_dir / CONTROLNET_DIR)
         write_json(run_dir / CONFIG_NAME, self.config)
         return run_dir
@@ -259,22 +271,14 @@ class FeatInv:
                               meta={"guidance_scale": guidance, "steps": steps, "scheduler": scheduler})
 
 
-class _steps_bar:  # noqa: N801 - used like a function in a with statement
-    """A rich bar over all denoising steps of all batches (nothing when disabled)."""
+@contextlib.contextmanager
+def _steps_bar(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A rich bar over all denoising steps of all batches; yields the per-step ``advance`` callback."""
+    if not enabled:
+        yield lambda: None
+        return
+    from featinv.progress import make_progress
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self._bar = total, enabled, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from featinv.progress import make_progress
-
-        self._bar = make_progress()
-        self._bar.__enter__()
-        task = self._bar.add_task("denoising", total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+    with make_progress() as bar:
+        task = bar.add_task("denoising", total=total)
+        yield lambda: bar.advance(task)
