@@ -418,6 +418,11 @@ def sample_base(base: Any, n: int, steps: int = 20, seed: int = 0) -> torch.Tens
 
 
 # ---------------------------------------------------------------------------------------- the loop
+def conditioning_drop(n: int, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Which samples lose their conditioning (feature map zeroed and prompt emptied together): Bernoulli(prob)."""
+    return torch.rand(n, generator=generator) < prob
+
+
 class _LossModule(torch.nn.Module):
     """Registers exactly the trainable parameters, so DDP syncs them and nothing else; forward = task loss."""
 
@@ -667,7 +672,7 @@ def run_training(config: LoopConfig, make_task: Callable[[Any], Task], on_step: 
                     generator = torch.Generator().manual_seed(mix_seed(config.seed, step, micro, accelerator.process_index))
                     inputs = task.inputs(batch, device)
                     n = len(next(iter(inputs.values())))
-                    drop = torch.rand(n, generator=generator) < config.drop_prob
+                    drop = conditioning_drop(n, config.drop_prob, generator)
                     sync = micro == config.grad_accum - 1
                     with (contextlib.nullcontext() if sync else accelerator.no_sync(loss_module)), accelerator.autocast():
                         loss = loss_module(inputs, drop.to(device), generator) / config.grad_accum
@@ -715,7 +720,8 @@ def run_training(config: LoopConfig, make_task: Callable[[Any], Task], on_step: 
                     validate(step)
                 if step % config.checkpoint_every == 0 and step < total_steps:
                     checkpoint(step)
-                if float(flags[1]) > 0:
+                # one process: stop at once; several: stop when the (all-reduced) flag says so, all together
+                if (stop.signal is not None) if accelerator.num_processes == 1 else float(flags[1]) > 0:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         if updating["now"]:  # a second Ctrl-C inside the optimizer update: the weights are half-updated

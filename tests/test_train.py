@@ -1,0 +1,226 @@
+"""The training loop on tiny models: learning, exact resume, interrupts, NaN stop, frozen base, base CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+
+from featinv.checkpoint import latest_checkpoint, load_checkpoint
+from featinv.diffusion.trainer import (
+    BaseTrainConfig,
+    FeatInvTask,
+    TrainConfig,
+    conditioning_drop,
+    run_training,
+    train,
+    train_base,
+    training_status,
+)
+from featinv.errors import FeatinvError
+from tests.fixtures_model import TINY_BACKBONE, TINY_INPUT_SIZE, make_tiny_images, make_tiny_pixel_base
+
+FAST = {"num_workers": 0, "progress": False, "val_steps": 2, "num_val_images": 2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions are dominated by thread start-up; one thread is faster and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_assets")
+    return {"base": make_tiny_pixel_base(root), "images": make_tiny_images(root / "images", count=6, size=40)}
+
+
+def featinv_config(assets, out, **kw) -> TrainConfig:
+    settings = {"data": assets["images"], "out": out, "backbone": TINY_BACKBONE, "backbone_weights": "none",
+                "input_size": TINY_INPUT_SIZE, "base": f"pixel:{assets['base']}", "encoder_kwargs": {"hidden": 8},
+                "batch_size": 2, **FAST, **kw}
+    return TrainConfig(**settings)
+
+
+def base_config(assets, out, **kw) -> BaseTrainConfig:
+    settings = {"data": assets["images"], "out": out, "resolution": 32, "widths": (8, 16), "batch_size": 2, **FAST, **kw}
+    return BaseTrainConfig(**settings)
+
+
+def _controlnet_state(out):
+    return load_checkpoint(out / "checkpoints").params
+
+
+def test_featinv_overfits_a_fixed_batch_and_keeps_the_base_frozen(assets, tmp_path):
+    config = featinv_config(assets, tmp_path / "run", cache_features=True, max_steps=40, lr=1e-2, max_samples=2,
+                            checkpoint_every=100)
+    holder = {}
+
+    def make(accelerator):
+        holder["task"] = FeatInvTask(config, accelerator.device)
+        return holder["task"]
+
+    out = run_training(config, make)
+    task_model = holder["task"].model
+    batch = holder["task"].dataset()
+    features = torch.stack([batch[(i, 0)]["features"] for i in range(2)])
+    target = torch.stack([batch[(i, 0)]["target"] for i in range(2)]).float() / 255
+    drop = torch.zeros(2, dtype=torch.bool)
+    gen = torch.Generator()
+
+    def fixed_loss(model):
+        """Mean loss on the fixed batch with fixed noise and timesteps."""
+        losses = []
+        with torch.no_grad():
+            for seed in range(6):
+                gen.manual_seed(seed)
+                losses.append(float(model.training_loss(features, target, drop, generator=gen)))
+        return sum(losses) / len(losses)
+
+    from featinv.diffusion.model import FeatInv
+
+    trained = fixed_loss(task_model)
+    fresh = FeatInv.create(TINY_BACKBONE, f"pixel:{assets['base']}", encoder_kwargs={"hidden": 8},
+                           backbone_weights="none", input_size=TINY_INPUT_SIZE)
+    untrained = fixed_loss(fresh)
+    assert trained < 0.8 * untrained, (untrained, trained)
+    # frozen invariants: base and backbone weights are bit-identical to freshly loaded ones
+    for name, value in fresh.base.unet.state_dict().items():
+        assert torch.equal(value, task_model.base.unet.state_dict()[name]), name
+    assert torch.equal(fresh.base.prompt_embeds, task_model.base.prompt_embeds)
+    for name, value in fresh.backbone.model.state_dict().items():
+        assert torch.equal(value, task_model.backbone.model.state_dict()[name]), name
+    assert all(k.startswith("controlnet.") for k in _controlnet_state(out))
+    # the saved run loads and carries the trained weights
+    loaded = FeatInv.from_pretrained(out)
+    assert abs(fixed_loss(loaded) - trained) < 1e-5
+    assert (out / "validation").is_dir() and list((out / "validation").glob("*.png"))
+    assert training_status(out)["status"] == "complete"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 40 and {"loss", "lr", "samples_per_s"} <= set(lines[-1])
+
+
+def test_resume_equals_uninterrupted_and_interrupt_leaves_a_loadable_run(assets, tmp_path):
+    kw = {"max_steps": 4, "grad_accum": 2, "lr": 1e-3, "checkpoint_every": 100, "seed": 3}
+    full = train(featinv_config(assets, tmp_path / "full", **kw))
+
+    def stop_at_two(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train(featinv_config(assets, part, **kw), on_step=stop_at_two)
+    status = training_status(part)
+    assert status["status"] == "interrupted" and status["step"] == 2
+    assert latest_checkpoint(part / "checkpoints").name == "step-00000002"
+    from featinv.diffusion.model import FeatInv
+
+    FeatInv.from_pretrained(part)  # the interrupted run is a loadable model
+    with pytest.raises(FeatinvError, match="--resume"):
+        train(featinv_config(assets, part, **kw))
+    with pytest.raises(FeatinvError, match="settings changed"):
+        train(featinv_config(assets, part, **{**kw, "batch_size": 1}, resume=True))
+    train(featinv_config(assets, part, **kw, resume=True))
+    a, b = _controlnet_state(full), _controlnet_state(part)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    steps = [json.loads(x)["step"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))
+
+
+def test_sigint_checkpoints_and_stops_cleanly(assets, tmp_path):
+    def ctrl_c(step, loss):
+        if step == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    out = tmp_path / "base"
+    with pytest.raises(KeyboardInterrupt):
+        train_base(base_config(assets, out, max_steps=5, checkpoint_every=100), on_step=ctrl_c)
+    assert training_status(out)["step"] == 1
+    assert load_checkpoint(out / "checkpoints").step == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(assets, tmp_path, monkeypatch):
+    from featinv.diffusion.bases import PixelBase
+
+    real = PixelBase.training_loss
+    calls = {"n": 0}
+
+    def flaky(self, images01, drop, generator=None):
+        calls["n"] += 1
+        loss = real(self, images01, drop, generator=generator)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    monkeypatch.setattr(PixelBase, "training_loss", flaky)
+    out = tmp_path / "nan"
+    with pytest.raises(FeatinvError, match="nan at step 3.*step-00000002"):
+        train_base(base_config(assets, out, max_steps=5, checkpoint_every=2))
+    good = load_checkpoint(out / "checkpoints")
+    assert good.step == 2 and all(torch.isfinite(t).all() for t in good.params.values())
+    assert training_status(out)["status"] == "failed"
+
+
+def test_dropout_rate_and_the_loop_uses_it(assets, tmp_path, monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    rate = conditioning_drop(20000, 0.15, gen).float().mean().item()
+    assert abs(rate - 0.15) < 0.01
+    from featinv.diffusion.bases import PixelBase
+
+    real = PixelBase.training_loss
+    seen = []
+
+    def record(self, images01, drop, generator=None):
+        seen.append(drop.clone())
+        return real(self, images01, drop, generator=generator)
+
+    monkeypatch.setattr(PixelBase, "training_loss", record)
+    train_base(base_config(assets, tmp_path / "b", max_steps=2, drop_prob=1.0))
+    assert len(seen) == 2 and all(d.all() for d in seen)
+
+
+def test_config_errors_are_clear(assets, tmp_path):
+    with pytest.raises(FeatinvError, match="mixed precision"):
+        train_base(base_config(assets, tmp_path / "x", mixed_precision="fp8"))
+    with pytest.raises(FeatinvError, match="fp16"):
+        train_base(base_config(assets, tmp_path / "x", mixed_precision="fp16", device="cpu"))
+    with pytest.raises(FeatinvError, match="resolution"):
+        train_base(base_config(assets, tmp_path / "x", resolution=48))
+    with pytest.raises(FeatinvError, match="no images"):
+        (tmp_path / "empty").mkdir()
+        train_base(base_config(assets, tmp_path / "x", data=tmp_path / "empty"))
+    with pytest.raises(FeatinvError, match="TrainConfig"):
+        train(base_config(assets, tmp_path / "x"))
+
+
+def _cli(args) -> int:
+    from featinv.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_base_train_cli_writes_a_loadable_resumable_base(assets, tmp_path, capsys):
+    from featinv.diffusion.bases import load_base
+
+    out = tmp_path / "pixel"
+    args = ["base", "train", "--data", str(assets["images"]), "--out", str(out), "--resolution", "32",
+            "--widths", "8,16", "--batch-size", "2", "--num-workers", "0", "--val-steps", "2", "--quiet"]
+    assert _cli([*args, "--max-steps", "2"]) == 0
+    base = load_base(f"pixel:{out}")
+    assert base.resolution == 32
+    assert _cli([*args, "--max-steps", "3", "--resume"]) == 0
+    assert training_status(out)["step"] == 3
+    assert _cli([*args, "--max-steps", "3"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert _cli([*args, "--widths", "a,b"]) == 2
