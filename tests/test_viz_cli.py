@@ -1,0 +1,98 @@
+"""`featinv viz concept|interpolate|compose` end to end on a saved tiny run, plus one-line input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from featinv.cli import app, main
+from tests.fixtures_model import make_tiny_images, make_tiny_run
+
+runner = CliRunner()
+FAST = ["--steps", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A saved run, a folder of two images and concepts fitted on the run's backbone layer, saved."""
+    from featinv.concepts import create_decomposer, feature_vectors
+    from featinv.diffusion.model import FeatInv
+
+    root = tmp_path_factory.mktemp("viz")
+    run = make_tiny_run(root)
+    images = make_tiny_images(root / "images", count=2, size=40)
+    model = FeatInv.from_pretrained(run)
+    from featinv.data import load_images
+
+    fmap = model.features([img for _, img in load_images([images])])
+    decomposer = create_decomposer("mcd", n_concepts=2).fit(feature_vectors(fmap))
+    decomposer.meta = {"backbone": model.backbone.info.spec, "layer": model.backbone.info.layer}
+    concepts = decomposer.save(root / "concepts")
+    return root, run, images, concepts
+
+
+def test_viz_concept(setup):
+    root, run, images, concepts = setup
+    out = root / "out-concept"
+    result = runner.invoke(app, ["viz", "concept", "--run", str(run), "--concepts", str(concepts), "--image",
+                                 str(images), "--concept", "all", "--n", "2", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["img0.json", "img0.png", "img1.json", "img1.png", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["attenuate"] == 0.25 and summary["settings"]["n"] == 2
+    assert [c["concept"] for c in summary["images"]["img0"]["concepts"]] == [0, 1]
+    assert "summary.json" in result.output
+
+
+def test_viz_interpolate(setup):
+    root, run, images, _ = setup
+    out = root / "out-interp"
+    result = runner.invoke(app, ["viz", "interpolate", "--run", str(run), "--image-a", str(images / "img0.png"),
+                                 "--image-b", str(images / "img1.png"), "--weights", "1,.5,0", "--out", str(out),
+                                 *FAST])
+    assert result.exit_code == 0, result.output
+    numbers = json.loads((out / "img0__img1.json").read_text())
+    assert [s["weight_a"] for s in numbers["steps"]] == [1.0, 0.5, 0.0]
+    assert (out / "img0__img1.png").is_file()
+
+
+def test_viz_compose(setup):
+    root, run, images, _ = setup
+    out = root / "out-compose"
+    result = runner.invoke(app, ["viz", "compose", "--run", str(run), "--image-a", str(images / "img0.png"),
+                                 "--image-b", str(images / "img1.png"), "--region", "top-left", "--region",
+                                 "0,0,1,2", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    numbers = json.loads((out / "img0__img1.json").read_text())
+    assert [r["label"] for r in numbers["regions"]] == ["top-left", "0,0,1,2"]
+    assert (out / "img0__img1.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compose", "--image-a", "a.png", "--image-b", "b.png", "--region", "diagonal"], "region 'diagonal'"),
+    (["interpolate", "--image-a", "a.png", "--image-b", "b.png", "--weights", "1,2"], "weight"),
+    (["concept", "--concepts", "c", "--image", "a.png", "--attenuate", "-1"], "attenuate"),
+    (["concept", "--concepts", "c", "--image", "a.png", "--n", "0"], "n must be a positive integer"),
+])
+def test_bad_input_is_one_line(setup, capsys, args, message):
+    _, run, _, _ = setup
+    with pytest.raises(SystemExit) as exit_info:
+        main(["viz", args[0], "--run", str(run), *args[1:], "--quiet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+
+
+def test_concepts_for_other_channels_are_refused(setup, capsys, tmp_path):
+    import torch
+
+    from featinv.concepts import create_decomposer
+
+    _, run, images, _ = setup
+    other = create_decomposer("mcd", n_concepts=2).fit(torch.randn(32, 8)).save(tmp_path / "c8")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["viz", "concept", "--run", str(run), "--concepts", str(other), "--image", str(images), "--quiet"])
+    assert exit_info.value.code == 2
+    assert "8" in capsys.readouterr().err
