@@ -147,7 +147,18 @@ def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Te
         raise FeatinvError(f"feature sets differ in dimension ({a.shape[1]} vs {b.shape[1]}); use one feature space")
     if len(a) < 2 or len(b) < 2:
         raise FeatinvError("FID needs at least 2 images per set; evaluate more images")
-    return frechet_distance_from_stats(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    if min(len(a), len(b)) > a.shape[1]:
+        return frechet_distance_from_stats(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    # Fewer images than dimensions (every CPU-sized evaluation): with centred A, B the covariances are
+    # A^T A/(n-1) and B^T B/(m-1), and the non-zero eigenvalues of S1 S2 are the squared singular values
+    # of A B^T / sqrt((n-1)(m-1)), so tr((S1 S2)^½) is that matrix's nuclear norm — n×m instead of D×D.
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    cross = ca @ cb.T / math.sqrt((len(a) - 1) * (len(b) - 1))
+    tr_covmean = float(np.linalg.svd(cross, compute_uv=False).sum())
+    diff = a.mean(0) - b.mean(0)
+    tr1 = float((ca * ca).sum()) / (len(a) - 1)
+    tr2 = float((cb * cb).sum()) / (len(b) - 1)
+    return float(diff @ diff + tr1 + tr2 - 2.0 * tr_covmean)
 
 
 def kernel_distance(

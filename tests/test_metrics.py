@@ -81,6 +81,17 @@ def test_fid_matches_scipy_sqrtm_reference() -> None:
     assert got == pytest.approx(_scipy_fid(a, b), rel=1e-6)
 
 
+def test_fid_with_fewer_images_than_dims_matches_full_formula() -> None:
+    # The low-rank (Gram) path used when N < D must agree with the D×D covariance formula and SciPy.
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(9, 20))
+    b = rng.normal(loc=0.2, size=(7, 20)) * 1.3
+    got = metrics.frechet_distance(a, b)
+    full = metrics.frechet_distance_from_stats(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert got == pytest.approx(full, rel=1e-8)
+    assert got == pytest.approx(_scipy_fid(a, b), rel=1e-4)
+
+
 def test_fid_of_set_with_itself_is_zero() -> None:
     feats = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
     assert abs(metrics.frechet_distance(feats, feats)) < 1e-6
