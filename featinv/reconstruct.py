@@ -55,11 +55,13 @@ def _output_names(inputs: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, 
 def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                        out: str | os.PathLike[str], seeds: Sequence[int] = (0,), guidance_scale: float | None = None,
                        steps: int = 50, scheduler: str = "ddim", batch_size: int = 8, device: str = "cpu",
-                       resize: bool = False, overwrite: bool = False, progress: bool = True) -> ReconstructSummary:
+                       resize: bool = False, overwrite: bool = False, progress: bool = True,
+                       bf16: bool = False) -> ReconstructSummary:
     """Reconstruct every image (files or folders) once per seed into ``out``.
 
     run: a run folder or a loaded :class:`~featinv.diffusion.model.FeatInv`. ``resize`` writes the
-    images at the backbone's input size instead of the base resolution.
+    images at the backbone's input size instead of the base resolution; ``bf16`` autocasts the
+    denoiser on CUDA.
     """
     from featinv.data import to_pil, try_open_image
     from featinv.diffusion.model import FeatInv
@@ -124,7 +126,8 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
             if chunk:
                 feats = model.features([opened[path] for path, _, _ in chunk])
                 rec = model.reconstruct(features=feats, seeds=[seed for _, seed, _ in chunk], guidance_scale=guidance,
-                                        steps=steps, scheduler=scheduler, batch_size=batch_size, progress=False)
+                                        steps=steps, scheduler=scheduler, batch_size=batch_size, progress=False,
+                                        bf16=bf16)
                 pictures = rec.resized(tuple(size)) if resize else rec.images
                 for (path, seed, target), picture in zip(chunk, pictures, strict=True):
                     with atomic_write(target) as handle:

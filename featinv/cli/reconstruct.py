@@ -34,6 +34,7 @@ def reconstruct(
     device: Device = "cpu",
     resize: Annotated[bool, typer.Option("--resize/--base-size", help="Write images at the backbone's input "
                                          "size instead of the diffusion base's resolution.")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast for the denoiser (CUDA only).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -47,7 +48,7 @@ def reconstruct(
 
     summary = reconstruct_images(run, images, out, seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps,
                                  scheduler=scheduler, batch_size=batch_size, device=device, resize=resize,
-                                 overwrite=overwrite, progress=not quiet)
+                                 overwrite=overwrite, progress=not quiet, bf16=bf16)
     console.print(f"wrote {len(summary.written)} images, skipped {len(summary.skipped)} already done "
                   f"-> {summary.index_path}")
     for path in summary.unreadable:

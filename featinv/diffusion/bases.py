@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,17 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
 
 
+def _load_sd_parts(source: str, kw: dict[str, Any]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw)
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+    text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
+    scheduler_config = dict(DDIMScheduler.load_config(source, subfolder="scheduler", **kw))
+    return unet, vae, tokenizer, text_encoder, scheduler_config
+
+
 @torch.no_grad()
 def _encode_prompts(tokenizer: Any, text_encoder: Any) -> torch.Tensor:
     """Both prompts through CLIP once; no_grad (not inference_mode) so training may reuse the tensor."""
@@ -203,8 +215,6 @@ class StableDiffusionBase(DiffusionBase):
 
     @classmethod
     def load(cls, path_or_id: str, device: str | torch.device = "cpu") -> StableDiffusionBase:
-        from transformers import CLIPTextModel, CLIPTokenizer
-
         local = Path(path_or_id).expanduser()
         is_local = local.exists()
         if is_local:
@@ -222,13 +232,9 @@ class StableDiffusionBase(DiffusionBase):
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # featinv shows its own progress; no per-shard bars
         try:
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw)
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
-            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
-            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
-            scheduler_config = dict(DDIMScheduler.load_config(source, subfolder="scheduler", **kw))
-        except FeatinvError:
-            raise
+            with warnings.catch_warnings():  # library deprecation chatter is not the user's business
+                warnings.simplefilter("ignore")
+                unet, vae, tokenizer, text_encoder, scheduler_config = _load_sd_parts(source, kw)
         except Exception as exc:  # hub/network/file errors come in many types; all mean "cannot load"
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             if is_local:
