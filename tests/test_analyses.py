@@ -19,7 +19,7 @@ from featinv.analyses import (
     reference_norms,
     to_uint8,
 )
-from featinv.analyses.compose import Composition, Region, compose, parse_region
+from featinv.analyses.compose import Composition, Region, compose, outline_width, parse_region
 from featinv.analyses.interpolation import Interpolation, interpolate, parse_weights
 from featinv.analyses.steering import FeatInvViz, parse_concepts, steer_concepts
 from featinv.errors import FeatinvError
@@ -219,8 +219,9 @@ def test_region_outline_sits_on_the_region(model, photos, tmp_path):
         yellow = np.all(outlined == np.array(YELLOW, dtype=np.uint8), axis=-1)
         border = np.zeros_like(yellow)
         border[y0:y1, x0:x1] = True
-        border[y0 + 2:y1 - 2, x0 + 2:x1 - 2] = False
-        assert yellow[border].all()                          # the whole 2-pixel frame is yellow
+        width = outline_width(size)
+        border[y0 + width:y1 - width, x0 + width:x1 - width] = False
+        assert yellow[border].all()                          # the whole frame is yellow
         raw = to_uint8(item.composites[index])
         assert np.array_equal(outlined[~border], raw[~border])   # nothing drawn outside the frame
     # top-left on an even grid = the top-left quarter of the image

@@ -96,3 +96,21 @@ def test_concepts_for_other_channels_are_refused(setup, capsys, tmp_path):
         main(["viz", "concept", "--run", str(run), "--concepts", str(other), "--image", str(images), "--quiet"])
     assert exit_info.value.code == 2
     assert "8" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::featinv.analyses.FeatureShiftWarning")
+def test_training_norms_stored_with_the_run_are_the_reference(setup):
+    root, run, images, _ = setup
+    norms = run / "feature_norms.json"
+    norms.write_text(json.dumps({"quantiles": [0.0, 0.01, 0.02]}))  # far below any real norm
+    try:
+        out = root / "out-norms"
+        result = runner.invoke(app, ["viz", "interpolate", "--run", str(run), "--image-a", str(images / "img0.png"),
+                                     "--image-b", str(images / "img1.png"), "--weights", "1", "--out", str(out),
+                                     *FAST])
+        assert result.exit_code == 0, result.output
+        assert "warning:" in result.output
+        check = json.loads((out / "summary.json").read_text())["images"]["img0__img1"]["steps"][0]["norm_check"]
+        assert check["reference"].startswith("training") and check["out_of_distribution"]
+    finally:
+        norms.unlink()

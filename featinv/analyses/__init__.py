@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 YELLOW = (255, 255, 0)
+#: optional file in a run folder: per-position feature norms seen in training, ``{"quantiles": [...]}``
+#: (e.g. the 0th..100th percentiles) or ``{"values": [...]}``; ``config["feature_norms"]`` works the same way
+FEATURE_NORMS_FILE = "feature_norms.json"
 #: an edited map whose largest per-position norm exceeds the reference's largest by this factor is flagged
 NORM_RATIO_LIMIT = 1.1
 
@@ -98,8 +101,13 @@ def as_model(model: FeatInv | str | os.PathLike[str], device: str | torch.device
     """A FeatInv model given as an object or as a run folder."""
     if isinstance(model, (str, os.PathLike)):
         from featinv.diffusion.model import FeatInv
+        from featinv.io import read_json
 
-        return FeatInv.from_pretrained(model, device=device)
+        loaded = FeatInv.from_pretrained(model, device=device)
+        norms_file = Path(model) / FEATURE_NORMS_FILE
+        if norms_file.is_file() and getattr(loaded, "feature_norms", None) is None:
+            loaded.feature_norms = read_json(norms_file, what="training feature norms")
+        return loaded
     if not hasattr(model, "reconstruct") or not hasattr(model, "backbone"):
         raise FeatinvError(f"expected a FeatInv model or a run folder, got {type(model).__name__}; "
                            "pass featinv.FeatInv.from_pretrained(run_dir) or the run folder path")
@@ -122,7 +130,9 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def _safe_name(name: str) -> str:
-    stem = Path(name).with_suffix("").as_posix() if Path(name).suffix else name
+    from featinv.data import IMAGE_EXTENSIONS
+
+    stem = Path(name).with_suffix("").as_posix() if Path(name).suffix.lower() in IMAGE_EXTENSIONS else name
     return _SAFE.sub("_", stem).strip("._") or "image"
 
 
@@ -277,7 +287,11 @@ def _stored_training_norms(model: Any) -> Tensor | None:
             source = source.get("quantiles") or source.get("values")
         if source is None:
             continue
-        values = torch.as_tensor(source, dtype=torch.float64).flatten()
+        try:
+            values = torch.as_tensor(source, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise FeatinvError(f"stored training feature norms must be a list of numbers (see {FEATURE_NORMS_FILE}); "
+                               "fix or delete them") from None
         values = values[torch.isfinite(values)]
         if values.numel():
             return values.sort().values

@@ -46,7 +46,7 @@ from featinv.analyses import (
 )
 from featinv.errors import FeatinvError
 
-__all__ = ["NAMED_REGIONS", "Composition", "CompositionItem", "Region", "compose", "parse_region"]
+__all__ = ["NAMED_REGIONS", "Composition", "CompositionItem", "Region", "compose", "outline_width", "parse_region"]
 
 #: named regions as fractions (x0, y0, x1, y1) of the image
 NAMED_REGIONS: dict[str, tuple[float, float, float, float]] = {
@@ -146,6 +146,11 @@ def parse_region(region: str | Sequence[int] | Sequence[float] | Region, grid: t
     return Region(label, cx0, cy0, cx1, cy1)
 
 
+def outline_width(size: int) -> int:
+    """Outline thickness in pixels for an image of ``size`` pixels: thin on tiny images, visible on large ones."""
+    return max(1, round(size / 128))
+
+
 def compose_maps(fa: Tensor, fb: Tensor, region: Region) -> Tensor:
     """A's map with ``region`` taken from B's map (an empty region returns A's map unchanged)."""
     out = fa.clone()
@@ -177,7 +182,8 @@ class CompositionItem:
     def outlined(self, index: int) -> np.ndarray:
         """The composite for region ``index`` as uint8 ``[R, R, 3]`` with the region outlined in yellow."""
         image = to_uint8(self.composites[index])
-        return draw_box_outline(image, self.regions[index].pixels(image.shape[1], image.shape[0], self.grid), YELLOW)
+        box = self.regions[index].pixels(image.shape[1], image.shape[0], self.grid)
+        return draw_box_outline(image, box, YELLOW, width=outline_width(image.shape[0]))
 
     def numbers(self) -> dict[str, Any]:
         return {"image": self.name, "image_a": self.names[0], "image_b": self.names[1], "seed": self.seed,
