@@ -135,6 +135,8 @@ class LoopConfig:
                 value = f"<{len(value)} in-memory images>" if hasattr(value, "__len__") else repr(value)
             elif isinstance(value, os.PathLike):
                 value = os.fspath(value)
+            elif hasattr(value, "spec"):  # an already-built backbone or base object
+                value = value.spec
             out[f.name] = value
         return out
 
@@ -143,8 +145,8 @@ class LoopConfig:
 class TrainConfig(LoopConfig):
     """``featinv train``: a FeatInv ControlNet on a frozen base, conditioned on a backbone's feature map."""
 
-    backbone: str = "timm:convnext_base"
-    base: str = "sd:lambdalabs/miniSD-diffusers"
+    backbone: Any = "timm:convnext_base"      # a spec, or an already-built Backbone
+    base: Any = "sd:lambdalabs/miniSD-diffusers"  # a spec (sd:…, pixel:…), or an already-built DiffusionBase
     layer: str | None = None
     pooled: bool = False
     encoder: str = "conv"
@@ -157,6 +159,7 @@ class TrainConfig(LoopConfig):
     cache_features: bool = False           # features + targets computed once for a fixed set of crops
     cache_views: int = 1                   # crops per image in the cache (1: the centre crop)
     guidance_scale: float | None = None    # for validation grids (None: the model's default)
+    backbone_chunk: int | None = None      # backbone forward chunk (None: whole batch on GPU, 2 on CPU)
 
 
 @dataclass(kw_only=True)
@@ -267,9 +270,18 @@ class FeatInvTask:
 
     @torch.no_grad()
     def features(self, crops01: torch.Tensor) -> torch.Tensor:
-        """Backbone features for a batch of crops at the backbone input size (one batched forward)."""
+        """Backbone features for a batch of crops at the backbone input size, batched on the training device.
+
+        On a GPU the whole batch is one forward. On a CPU large batches are slower than small ones
+        (activations fall out of cache: measured 1.05 s for 8 x 224 px EfficientNet-Lite0 at once vs
+        0.56 s in pairs), so the batch runs in chunks of ``backbone_chunk`` (default 2 on CPUs).
+        """
         backbone = self.model.backbone
-        return backbone.features(backbone.normalize(crops01), pooled=self.model.pooled)
+        chunk = self.config.backbone_chunk or (len(crops01) if crops01.device.type != "cpu" and
+                                               self.device.type != "cpu" else 2)
+        parts = [backbone.features(backbone.normalize(part), pooled=self.model.pooled)
+                 for part in crops01.split(max(1, chunk))]
+        return torch.cat(parts)
 
     def _cache_key(self) -> str:
         c = self.config
