@@ -521,9 +521,13 @@ def _table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
     fid_labels = sorted({s["fid"]["label"] for s in summaries if s.get("fid")}) or ["FID"]
     kid_labels = sorted({s["kid"]["label"] for s in summaries if s.get("kid")})
     header = ["Model", "cosine-sim", "top5(1) match", *fid_labels, *kid_labels, "n"]
+    labels = [s.get("model", "?") for s in summaries]
+    if len(set(labels)) < len(labels):  # e.g. one run at several guidance scales: tell the rows apart
+        labels = [f"{lab} g={s.get('guidance_scale', '?'):g} {Path(str(s.get('data', ''))).name}".rstrip()
+                  if isinstance(s.get("guidance_scale"), (int, float)) else lab for lab, s in zip(labels, summaries, strict=True)]
     rows = []
-    for s in summaries:
-        cells = [s.get("model", "?"), _fmt_cos(s.get("cosine_sim", {})), f"{_fmt_pct(s.get('top5'))} ({_fmt_pct(s.get('top1'))})"]
+    for s, model_label in zip(summaries, labels, strict=True):
+        cells = [model_label, _fmt_cos(s.get("cosine_sim", {})), f"{_fmt_pct(s.get('top5'))} ({_fmt_pct(s.get('top1'))})"]
         for lab in fid_labels:
             value = (s.get("fid") or {}).get("value") if (s.get("fid") or {}).get("label") == lab else None
             cells.append("n/a" if value is None else f"{value:.2f}")

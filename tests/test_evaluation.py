@@ -108,6 +108,23 @@ def test_evaluate_writes_outputs_and_resumes(runs, data, tmp_path, count_reconst
         evaluation.evaluate(runs["unpooled"], data, out=out, per_class=1, seeds=[0, 1], guidance_scale=3.0, **FAST)
 
 
+def test_two_process_shards_merge_on_rank_zero(runs, data, tmp_path, monkeypatch, count_reconstructions) -> None:
+    # Simulate `accelerate launch --num_processes 2`: rank 1 finishes first and only writes its index;
+    # rank 0 does its half and merges both into one summary.
+    out = tmp_path / "sharded"
+    monkeypatch.setattr(evaluation, "_process_group", lambda: (1, 2, lambda: None))
+    part = evaluation.evaluate(runs["unpooled"], data, out=out, per_class=1, seeds=[0, 1], **FAST)
+    assert part.summary == {} and len(part.rows) == 2 and (out / "index-rank1-of-2.json").is_file()
+    monkeypatch.setattr(evaluation, "_process_group", lambda: (0, 2, lambda: None))
+    merged = evaluation.evaluate(runs["unpooled"], data, out=out, per_class=1, seeds=[0, 1], **FAST)
+    assert count_reconstructions == [2, 2]
+    assert merged.summary["complete"] and merged.summary["n_images"] == 4
+    keys = {r["key"] for r in merged.rows}
+    assert keys == {f"{c}/img0.png#s{sd}" for c in ("cat", "dog") for sd in (0, 1)}
+    assert {r["key"] for r in part.rows} < keys
+    assert (out / "metrics.json").is_file()
+
+
 def test_pooled_run_is_scored_on_unpooled_maps(runs, data, monkeypatch) -> None:
     from featinv import metrics
 
@@ -148,5 +165,7 @@ def test_compare_reads_runs_and_eval_folders(runs, data, tmp_path) -> None:
     assert [s["pooled"] for s in summaries] == [False, True]
     table = evaluation.markdown_table(summaries)
     assert "(unpooled)" in table and "(pooled)" in table
+    same = evaluation.markdown_table([summaries[0], {**summaries[0], "guidance_scale": 3.0}])
+    assert "g=1.75 dog" in same and "g=3 dog" in same
     with pytest.raises(FeatinvError, match="no metrics.json"):
         evaluation.compare([tmp_path])
