@@ -91,11 +91,14 @@ class Decomposition:
         return parts.pow(2).sum(2)
 
     def edited(self, concept: int, factor: float) -> Tensor:
-        """The feature map with concept ``concept`` scaled by ``factor`` and every other part unchanged."""
-        if not -self.n_concepts <= concept < self.n_concepts:
+        """The feature map with part ``concept`` scaled by ``factor`` and every other part unchanged.
+
+        ``concept`` is 0..K-1, or K for the residual.
+        """
+        if isinstance(concept, bool) or not 0 <= concept <= self.n_concepts:
             raise FeatinvError(
-                f"concept {concept} does not exist; choose 0..{self.n_concepts - 1} (the decomposition has "
-                f"{self.n_concepts} concepts)"
+                f"concept {concept} does not exist; choose 0..{self.n_concepts - 1} (or {self.n_concepts} for the "
+                "residual)"
             )
         return self.total() + (factor - 1.0) * self.parts[concept]
 
@@ -453,6 +456,13 @@ def classifier_row(backbone: Backbone, target_class: int) -> Tensor:
     return head.weight[target_class].detach().float().cpu()
 
 
+def _portable_weights(weights: str) -> str:
+    """A weight-file path made absolute, so the concepts folder works from any directory."""
+    if weights not in ("pretrained", "none") and Path(weights).is_file():
+        return str(Path(weights).resolve())
+    return weights
+
+
 def fit_concepts(
     backbone: str | Backbone,
     layer: str | None = None,
@@ -495,7 +505,7 @@ def fit_concepts(
     decomposer.meta = {
         "backbone": model.spec,
         "layer": model.layer,
-        "weights": getattr(model, "weights", weights),
+        "weights": _portable_weights(getattr(model, "weights", weights)),
         "input_size": input_size if isinstance(backbone, str) else model.info.input_size[0],
         "input_hw": list(model.info.input_size),
         "grid": list(model.info.grid),
@@ -597,6 +607,8 @@ def show_concepts(
     """Write a PNG of the concept activation maps (bilinear upsampling) of ``image`` for saved concepts."""
     from featinv.io import save_figure
 
+    if Path(out).is_dir():
+        raise FeatinvError(f"--out {out} is a folder; pass a file name such as {Path(out) / 'concepts.png'}")
     decomposer = concepts if isinstance(concepts, Decomposer) else load_decomposer(concepts)
     model = backbone if backbone is not None else backbone_for(decomposer, device=device)
     image01, maps = concept_activation_maps(decomposer, model, image)

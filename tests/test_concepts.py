@@ -122,6 +122,16 @@ def test_sae_codes_have_exactly_k_nonzeros(real_vectors):
     torch.testing.assert_close(codes @ sae.atoms, sae.reconstruct(real_vectors), atol=1e-3, rtol=1e-4)
 
 
+def test_sae_auxiliary_loss_for_dead_latents(real_vectors):
+    """With dead_steps=1 every latent that misses a batch counts as dead, so AuxK acts on every step."""
+    plain = create_decomposer("sae", n_concepts=32, k=1, steps=60, dead_steps=1, aux_coef=0.0, progress=False)
+    aux = create_decomposer("sae", n_concepts=32, k=1, steps=60, dead_steps=1, progress=False)
+    plain.fit(real_vectors)
+    aux.fit(real_vectors)
+    assert not torch.allclose(plain.atoms, aux.atoms)  # the auxiliary gradient reached the decoder
+    torch.testing.assert_close(aux.atoms.norm(dim=1), torch.ones(32), atol=1e-5, rtol=0)
+
+
 def test_nmf_variants(real_vectors):
     relu = real_vectors.clamp_min(0)  # non-negative features: scikit-learn NMF, non-negative atoms
     nmf = create_decomposer("nmf", n_concepts=3, **FAST["nmf"]).fit(relu)
@@ -172,8 +182,9 @@ def test_bad_inputs_are_clear_errors(tmp_path, real_vectors):
         create_decomposer("mdc", n_concepts=2)
     with pytest.raises(FeatinvError, match="does not exist"):
         load_decomposer(tmp_path / "missing")
-    with pytest.raises(FeatinvError, match="concept 7 does not exist"):
-        Decomposition(torch.zeros(3, 1, 2, 1, 1)).edited(7, 0.5)
+    for bad in (7, -1):
+        with pytest.raises(FeatinvError, match=f"concept {bad} does not exist"):
+            Decomposition(torch.zeros(3, 1, 2, 1, 1)).edited(bad, 0.5)
     (tmp_path / "c" / "concepts.safetensors").write_bytes(b"garbage")
     with pytest.raises(FeatinvError, match="corrupt"):
         load_decomposer(tmp_path / "c")
@@ -194,6 +205,8 @@ def test_fit_concepts_on_folder_and_show(tmp_path, lite0, photos):
     assert image01.shape == (3, 128, 128) and maps.shape == (3, 128, 128) and bool((maps >= 0).all())
     out = featinv.show_concepts(tmp_path / "c", folder / "0.png", tmp_path / "fig.png", backbone=lite0)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FeatinvError, match="is a folder"):
+        featinv.show_concepts(decomposer, photos[0], tmp_path, backbone=lite0)
     with pytest.raises(FeatinvError, match="relevances need the last feature layer"):
         fit_concepts(lite0, data=folder, n_concepts=2, target_class=3, progress=False)
     with pytest.raises(FeatinvError, match="no images found"):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from featinv.concepts import Decomposer
+from featinv.concepts import Decomposer, solver_threads
 from featinv.errors import FeatinvError
 
 
@@ -110,7 +110,8 @@ class NMFDecomposer(Decomposer):
         """``[N, K]`` non-negative concept activations of feature vectors ``[N, C]``."""
         x = torch.as_tensor(vectors, dtype=torch.float64)
         self._check_vector_channels(x)
-        return nonnegative_codes(x, self.atoms).float()
+        with solver_threads():
+            return nonnegative_codes(x, self.atoms).float()
 
     def _concept_parts(self, x: Tensor) -> Tensor:
         codes = nonnegative_codes(x, self.atoms)

@@ -104,7 +104,7 @@ class TopKSAEDecomposer(Decomposer):
                 codes = topk_codes(pre, self.k)
                 error = batch - codes @ decoder
                 energy = batch.pow(2).sum(1).mean().clamp_min(1e-12)
-                loss = error.pow(2).sum(1).mean() / energy
+                loss = reconstruction = error.pow(2).sum(1).mean() / energy
                 fired = (codes != 0).any(0)
                 since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + 1)
                 dead = since_fired > self.dead_steps
@@ -122,7 +122,7 @@ class TopKSAEDecomposer(Decomposer):
         self.encoder = encoder.detach().double()
         self.encoder_bias = bias.detach().double()
         self.decoder = decoder.detach().double()
-        self.final_loss = float(loss.detach())
+        self.final_loss = float(reconstruction.detach())  # normalised MSE of the last batch (without AuxK)
         self.dead_fraction = float((since_fired > self.dead_steps).float().mean())
 
     def encode(self, vectors: Tensor) -> Tensor:
