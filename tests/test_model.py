@@ -197,6 +197,7 @@ def test_unsaved_pixel_base_is_refused_on_save(model, tmp_path):
 
     base = PixelBase.create(resolution=16, widths=(8, 16), cross_attention_dim=8, attention_head_dim=4)
     unsaved = FeatInv.create(model.backbone, base, encoder_kwargs={"hidden": 8})
+    assert unsaved.config["backbone"]["weights"] == "none"  # taken from the Backbone object
     with pytest.raises(FeatinvError, match="never saved"):
         unsaved.save_pretrained(tmp_path / "run")
     base.save_pretrained(tmp_path / "base")

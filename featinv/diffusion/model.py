@@ -107,7 +107,7 @@ class FeatInv:
             "encoder": controlnet.encoder.encoder_name or type(controlnet.encoder).__name__,
             "base": base.describe(),
         })
-        self.config.setdefault("backbone", _backbone_entry(backbone, "pretrained"))
+        self.config.setdefault("backbone", _backbone_entry(backbone, str(getattr(backbone, "weights", "pretrained"))))
         self.controlnet.to(self.device)
         self.backbone.to(self.device)
 
