@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Train FeatInv on the custom backbone's default layer, exactly as for a timm model.
     config = featinv.TrainConfig(backbone=args.spec, backbone_weights=args.weights, base=args.base, data=args.images,
                                  out=args.out, max_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
-                                 encoder_kwargs={"hidden": 64}, num_workers=0, device=args.device,
-                                 progress=not args.quiet)
+                                 encoder_kwargs={"hidden": 64}, num_workers=0, val_steps=args.steps,
+                                 device=args.device, progress=not args.quiet)
     run = featinv.train(config)
     model = featinv.FeatInv.from_pretrained(run, device=args.device or "cpu")
     summary = featinv.reconstruct_images(model, args.images, args.out / "reconstructions", steps=args.steps,
