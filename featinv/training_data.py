@@ -75,6 +75,8 @@ def load_training_images(
     refused. ``max_samples`` takes a seeded random subset (so an ImageNet-layout folder keeps all
     classes), scanning only as many files as needed.
     """
+    if max_samples is not None and max_samples < 1:
+        raise FeatinvError(f"--max-samples must be at least 1, got {max_samples}")
     if isinstance(data, TrainingImages):
         images = data
     elif isinstance(data, (str, os.PathLike)):
@@ -108,8 +110,6 @@ def load_training_images(
             raise FeatinvError(f"training data must be a folder or PIL images, got {bad_items[0]}; pass a folder path")
         images = TrainingImages([item.convert("RGB") for item in items])
     if max_samples is not None:
-        if max_samples < 1:
-            raise FeatinvError(f"--max-samples must be at least 1, got {max_samples}")
         images = TrainingImages(images.items[:max_samples], images.non_images, images.unreadable, images.root)
     if not images.items:
         raise FeatinvError("no training images given; pass a folder containing .png/.jpg images")

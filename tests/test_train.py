@@ -224,3 +224,17 @@ def test_base_train_cli_writes_a_loadable_resumable_base(assets, tmp_path, capsy
     assert _cli([*args, "--max-steps", "3"]) == 2
     assert "--resume" in capsys.readouterr().err
     assert _cli([*args, "--widths", "a,b"]) == 2
+
+
+def test_train_cli_with_cached_features(assets, tmp_path):
+    from featinv.diffusion.model import FeatInv
+
+    out = tmp_path / "cli_run"
+    args = ["train", "--data", str(assets["images"]), "--out", str(out), "--backbone", TINY_BACKBONE,
+            "--weights", "none", "--input-size", str(TINY_INPUT_SIZE), "--base", f"pixel:{assets['base']}",
+            "--cache-features", "--max-steps", "2", "--batch-size", "2", "--num-workers", "0", "--val-steps", "2",
+            "--max-samples", "3", "--quiet"]
+    assert _cli(args) == 0
+    assert list(out.glob("feature_cache-*.safetensors"))
+    assert FeatInv.from_pretrained(out).config["backbone"]["spec"] == TINY_BACKBONE
+    assert _cli([*args[:-1], "--mixed-precision", "fp8"]) == 2
