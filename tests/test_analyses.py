@@ -293,6 +293,8 @@ def test_images_from_paths_and_objects(tmp_path, photos):
     photos[0][1].save(tmp_path / "a b.png")
     items = as_images([tmp_path / "a b.png", photos[1][1], photos[1][1]])
     assert [i.name for i in items] == ["a_b", "image1", "image2"]
+    assert [i.name for i in as_images((photos[0][1], photos[1][1]))] == ["image0", "image1"]
+    assert [i.name for i in as_images(("cat.jpg", photos[1][1]))] == ["cat"]
     with pytest.raises(FeatinvError):
         as_images([42])
     with pytest.raises(FeatinvError):

@@ -136,6 +136,13 @@ def _safe_name(name: str) -> str:
     return _SAFE.sub("_", stem).strip("._") or "image"
 
 
+def _is_named_pair(value: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) \
+        and isinstance(value[1], Image.Image)
+
+
 def as_images(images: Any, what: str = "images") -> list[NamedImage]:
     """Images given as a path (file or folder), a PIL image, ``(name, PIL)`` pairs, or a list of these.
 
@@ -148,7 +155,7 @@ def as_images(images: Any, what: str = "images") -> list[NamedImage]:
     if images is None:
         raise FeatinvError(f"no {what} given; pass an image file, a folder or PIL images")
     if isinstance(images, (str, os.PathLike, Image.Image, NamedImage)) or (
-        isinstance(images, tuple) and len(images) == 2 and isinstance(images[1], Image.Image)
+        _is_named_pair(images)
     ):
         images = [images]
     items: list[NamedImage] = []
@@ -157,7 +164,7 @@ def as_images(images: Any, what: str = "images") -> list[NamedImage]:
             items.append(entry)
         elif isinstance(entry, Image.Image):
             items.append(NamedImage(f"image{index}", entry.convert("RGB")))
-        elif isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], Image.Image):
+        elif _is_named_pair(entry):
             items.append(NamedImage(str(entry[0]), entry[1].convert("RGB")))
         elif isinstance(entry, (str, os.PathLike)):
             items.extend(NamedImage(name, img) for name, img in load_images([entry]))
@@ -300,7 +307,7 @@ def _stored_training_norms(model: Any) -> Tensor | None:
 
 def position_norms(fmap: Tensor) -> Tensor:
     """``[B, C, h, w]`` -> the L2 norm over channels at every position, flattened."""
-    return fmap.detach().double().norm(dim=1).flatten()
+    return fmap.detach().double().norm(dim=1).flatten().cpu()
 
 
 def reference_norms(model: Any, original: Tensor) -> tuple[Tensor, str]:

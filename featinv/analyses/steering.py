@@ -236,7 +236,7 @@ class FeatInvViz(Analysis):
         normalised = _normalise(difference)
         size = tuple(recon.shape[-2:])
 
-        coarse = decomposition.concept_maps()[chosen, 0].float()              # [K, h, w]
+        coarse = decomposition.concept_maps()[chosen, 0].float().cpu()        # [K, h, w]
         upsampled = F.interpolate(coarse[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         energy = decomposition.parts.double().pow(2).sum(dim=(1, 2, 3, 4))
         total_energy = float(energy.sum()) or 1.0

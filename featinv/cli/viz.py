@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +21,15 @@ viz_app = typer.Typer(
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (steering uses seed, seed+1, ... for its n pairs).")]
 ImagesA = Annotated[list[Path], typer.Option("--image-a", "-a", help="First image(s): files or folders (repeatable).")]
 ImagesB = Annotated[list[Path], typer.Option("--image-b", "-b", help="Second image(s): one, or one per first image.")]
+
+
+def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run an analysis with its out-of-distribution warnings collected (printed once by :func:`_report`)."""
+    from featinv.analyses import FeatureShiftWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FeatureShiftWarning)
+        return call(*args, **kwargs)
 
 
 def _report(result: Any) -> None:
@@ -56,9 +67,9 @@ def concept(
     """
     from featinv.analyses.steering import steer_concepts
 
-    _report(steer_concepts(run, concepts, image, out, concepts=concept_id, attenuate=attenuate, n=n,
-                           threshold=threshold, seed=seed, steps=steps, guidance_scale=guidance, scheduler=scheduler,
-                           batch_size=batch_size, gradcam=gradcam, device=device, progress=not quiet))
+    _report(_quietly(steer_concepts, run, concepts, image, out, concepts=concept_id, attenuate=attenuate, n=n,
+                     threshold=threshold, seed=seed, steps=steps, guidance_scale=guidance, scheduler=scheduler,
+                     batch_size=batch_size, gradcam=gradcam, device=device, progress=not quiet))
 
 
 @viz_app.command("interpolate")
@@ -82,9 +93,9 @@ def interpolate(
     """
     from featinv.analyses.interpolation import interpolate as run_interpolation
 
-    _report(run_interpolation(run, image_a, image_b, out, weights=weights, seed=seed, steps=steps,
-                              guidance_scale=guidance, scheduler=scheduler, batch_size=batch_size, device=device,
-                              progress=not quiet))
+    _report(_quietly(run_interpolation, run, image_a, image_b, out, weights=weights, seed=seed, steps=steps,
+                     guidance_scale=guidance, scheduler=scheduler, batch_size=batch_size, device=device,
+                     progress=not quiet))
 
 
 @viz_app.command("compose")
@@ -111,9 +122,9 @@ def compose(
     from featinv.analyses.compose import DEFAULT_REGIONS
     from featinv.analyses.compose import compose as run_compose
 
-    _report(run_compose(run, image_a, image_b, out, region=region or list(DEFAULT_REGIONS), seed=seed, steps=steps,
-                        guidance_scale=guidance, scheduler=scheduler, batch_size=batch_size, device=device,
-                        progress=not quiet))
+    _report(_quietly(run_compose, run, image_a, image_b, out, region=region or list(DEFAULT_REGIONS), seed=seed,
+                     steps=steps, guidance_scale=guidance, scheduler=scheduler, batch_size=batch_size, device=device,
+                     progress=not quiet))
 
 
 def register(app: typer.Typer) -> None:
