@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from featinv.errors import FeatinvError
+from featinv.registry import create_decomposer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -255,7 +256,6 @@ class Decomposer(ABC):
 
     def reconstruct(self, vectors: Tensor) -> Tensor:
         """``[N, C]``: what the concepts together explain of each vector (input minus residual)."""
-        self.channels  # noqa: B018 - raises when not fitted
         x = _as_matrix(vectors)
         self._check_vector_channels(x)
         with torch.no_grad(), solver_threads():
@@ -264,7 +264,6 @@ class Decomposer(ABC):
     def relative_error(self, vectors: Tensor) -> float:
         """``||residual||^2 / ||x||^2`` over ``vectors`` ``[N, C]``: the energy no concept explains."""
         x = _as_matrix(vectors)
-        self._check_vector_channels(x)
         residual = x - self.reconstruct(x).double()
         return float(residual.pow(2).sum() / x.pow(2).sum().clamp_min(1e-30))
 
@@ -339,13 +338,6 @@ class Decomposer(ABC):
         return f"{type(self).__name__}(n_concepts={self.n_concepts}, {fitted})"
 
 
-def create_decomposer(method: str, n_concepts: int = 5, **options: Any) -> Decomposer:
-    """Build an unfitted decomposer by registered name (``mcd``, ``nmf``, ``sae`` or a plugin's)."""
-    from featinv.registry import create_decomposer as _create
-
-    return _create(method, n_concepts=n_concepts, **options)
-
-
 def load_decomposer(directory: str | os.PathLike[str]) -> Decomposer:
     """Load a fitted decomposer folder written by :meth:`Decomposer.save`."""
     from featinv.io import load_safetensors, read_json
@@ -376,14 +368,14 @@ def load_decomposer(directory: str | os.PathLike[str]) -> Decomposer:
 
 
 # --------------------------------------------------------------------------- fitting on a backbone's features
-def _collect_images(data: Any, max_images: int | None) -> tuple[list[Image.Image], int, str]:
-    """``data`` -> (RGB images, number skipped as unreadable, a description for the metadata).
+def _image_items(data: Any, max_images: int | None) -> tuple[list[Any], str]:
+    """``data`` -> (image paths and/or PIL images, a description for the metadata); nothing is opened yet.
 
     ``data`` is an image folder (recursive), one image file, or a list of paths / PIL images.
     """
     from PIL import Image as PILImage
 
-    from featinv.data import find_images, try_open_image
+    from featinv.data import find_images
 
     if data is None:
         raise FeatinvError("no fitting data given; pass an image folder (e.g. one class), image files or PIL images")
@@ -395,7 +387,12 @@ def _collect_images(data: Any, max_images: int | None) -> tuple[list[Image.Image
     elif isinstance(data, Sequence) and len(data) > 0:
         items = []
         for item in data:
-            items.extend(find_images(item).paths if isinstance(item, (str, os.PathLike)) else [item])
+            if isinstance(item, (str, os.PathLike)):
+                items.extend(find_images(item).paths)
+            elif isinstance(item, PILImage.Image):
+                items.append(item)
+            else:
+                raise FeatinvError(f"fitting data must be image paths or PIL images, got {type(item).__name__}")
         description = f"{len(items)} images"
     else:
         raise FeatinvError(f"fitting data must be a folder, image path(s) or PIL images, got {type(data).__name__}")
@@ -403,37 +400,39 @@ def _collect_images(data: Any, max_images: int | None) -> tuple[list[Image.Image
         if max_images < 1:
             raise FeatinvError(f"max_images must be at least 1, got {max_images}")
         items = items[:max_images]
-    images: list[Image.Image] = []
-    skipped = 0
-    for item in items:
-        if isinstance(item, PILImage.Image):
-            images.append(item.convert("RGB"))
-            continue
-        if not isinstance(item, (str, os.PathLike)):
-            raise FeatinvError(f"fitting data must be image paths or PIL images, got {type(item).__name__}")
-        img = try_open_image(item)
-        if img is None:
-            skipped += 1
-        else:
-            images.append(img)
-    if not images:
-        raise FeatinvError(f"none of the {len(items)} images in {description} could be read; pass readable images")
-    return images, skipped, description
+    return items, description
 
 
-def extract_vectors(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 16,
-                    progress: bool = True) -> Tensor:
-    """Feature vectors ``[N*h*w, C]`` of ``backbone`` for every position of every image (CPU float32)."""
+def extract_vectors(backbone: Backbone, images: Sequence[Any], batch_size: int = 16,
+                    progress: bool = True) -> tuple[Tensor, list[str]]:
+    """Feature vectors ``[n*h*w, C]`` (CPU float32) of every position of every image, and the skipped files.
+
+    ``images`` are PIL images or paths; paths are opened one batch at a time (a large folder never sits in
+    memory at once) and unreadable files are skipped and returned by name.
+    """
+    from PIL import Image as PILImage
+
+    from featinv.data import try_open_image
     from featinv.progress import progress as progress_bar
 
     if batch_size < 1:
         raise FeatinvError(f"batch_size must be at least 1, got {batch_size}")
     batches = [list(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    vectors = []
+    vectors, skipped = [], []
     with torch.no_grad():
         for batch in progress_bar(batches, description="extracting features", enabled=progress):
-            vectors.append(feature_vectors(backbone.features(backbone.preprocess(batch))).float().cpu())
-    return torch.cat(vectors)
+            opened = []
+            for item in batch:
+                img = item.convert("RGB") if isinstance(item, PILImage.Image) else try_open_image(item)
+                if img is None:
+                    skipped.append(str(item))
+                else:
+                    opened.append(img)
+            if opened:
+                vectors.append(feature_vectors(backbone.features(backbone.preprocess(opened))).float().cpu())
+    if not vectors:
+        raise FeatinvError(f"none of the {len(images)} images could be read; pass readable images")
+    return torch.cat(vectors), skipped
 
 
 def classifier_row(backbone: Backbone, target_class: int) -> Tensor:
@@ -492,14 +491,14 @@ def fit_concepts(
 
     decomposer = create_decomposer(method, n_concepts=n_concepts, **options)
     decomposer.progress = progress
-    images, skipped, description = _collect_images(data, max_images)
+    items, description = _image_items(data, max_images)
     if isinstance(backbone, str):
         model = build_backbone(backbone, layer=layer, weights=weights, input_size=input_size, device=device)
     else:
         model = backbone
         if layer is not None and layer != model.layer:
             raise FeatinvError(f"the backbone given is cut at {model.layer!r}, not {layer!r}; build it with that layer")
-    vectors = extract_vectors(model, images, batch_size=batch_size, progress=progress)
+    vectors, skipped = extract_vectors(model, items, batch_size=batch_size, progress=progress)
     weight = classifier_row(model, target_class) if target_class is not None else None
     decomposer.fit(vectors, classifier_weight=weight)
     decomposer.meta = {
@@ -511,8 +510,8 @@ def fit_concepts(
         "grid": list(model.info.grid),
         "channels": model.info.channels,
         "data": description,
-        "n_images": len(images),
-        "skipped_images": skipped,
+        "n_images": len(items) - len(skipped),
+        "skipped_images": len(skipped),
         "n_vectors": int(vectors.shape[0]),
         "energy_explained": round(1.0 - decomposer.relative_error(vectors), 6),
         "target_class": target_class,
