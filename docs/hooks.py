@@ -23,13 +23,14 @@ IMG_DIR = DOCS_DIR / "img"
 
 # Captions for figures the demo is expected to write; any other PNG in docs/img/ gets its file name.
 FIGURE_CAPTIONS: dict[str, str] = {
-    "reconstructions": "Originals and their reconstructions from the unpooled and the pooled model.",
-    "evaluation": "Cosine similarity and top-k match, unpooled vs pooled (the paper's Table 1, in small).",
-    "steering": "FeatInv-Viz: where attenuating one concept changes the reconstruction.",
+    "reconstructions": "Held-out crops and their reconstructions from the unpooled and the pooled model, "
+                       "with the cosine similarity of the feature maps.",
+    "metrics": "The demo's Table 1 in small: cosine similarity, top-k match and KID/FID, unpooled vs pooled.",
+    "steering": "FeatInv-Viz: where attenuating one concept changes the reconstruction, next to the coarse "
+                "concept map and Grad-CAM.",
     "interpolation": "Reconstructions of weighted mixtures of two feature maps.",
-    "compose": "Reconstructions of spatially composed feature maps.",
-    "composition": "Reconstructions of spatially composed feature maps.",
-    "guidance": "Reconstructions at several guidance scales.",
+    "composition": "Reconstructions of spatially composed feature maps (the pasted region outlined).",
+    "compose": "Reconstructions of spatially composed feature maps (the pasted region outlined).",
 }
 
 
