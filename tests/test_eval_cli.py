@@ -85,19 +85,19 @@ def test_class_prompt_baseline_on_tiny_sd(tmp_path: Path, capsys) -> None:
     assert embeds.shape == (3, 8, 16) and not embeds[0].equal(embeds[1]) and embeds[0].equal(embeds[2])
 
     out = tmp_path / "baseline"
-    args = ["eval", "baseline", "--base", f"sd:{sd}", "--backbone", "timm:tf_efficientnet_lite0", "--weights", "none",
+    args = ["eval", "baseline", "--base", f"sd:{sd}", "--backbone", "timm:test_convnext", "--weights", "none",
             "--classes", "0,340", "--per-class", "2", "--steps", "2", "--out", str(out), "-q"]
     first = runner.invoke(app, [*args, "--limit", "3"])
     assert first.exit_code == 0, first.output
     assert len(json.loads((out / "index.json").read_text())["rows"]) == 3
-    result = class_baseline(f"sd:{sd}", ["timm:tf_efficientnet_lite0"], per_class=2, classes=[0, 340], out=out,
+    result = class_baseline(f"sd:{sd}", ["timm:test_convnext"], per_class=2, classes=[0, 340], out=out,
                             steps=2, weights=["none"], progress=False)
     summary = result.summary
     assert summary["complete"] and summary["n_images"] == 4 and summary["classes"] == 2
-    scores = summary["backbones"]["timm:tf_efficientnet_lite0"]
+    scores = summary["backbones"]["timm:test_convnext"]
     assert 0.0 <= scores["top1"] <= scores["top5"] <= 1.0
     assert result.rows[2]["prompt"].endswith("a zebra, which is a kind of equine")
-    assert "timm:tf_efficientnet_lite0" in (out / "baseline.md").read_text()
+    assert "timm:test_convnext" in (out / "baseline.md").read_text()
 
     code, err = _exit_code_and_stderr(["eval", "baseline", "--base", f"pixel:{tmp_path}", "--backbone",
                                        "timm:tf_efficientnet_lite0", "--classes", "0"], capsys)

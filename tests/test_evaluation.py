@@ -149,12 +149,12 @@ def test_in_memory_items_and_cross_model(runs) -> None:
     items = [(f"photo{i}", Image.fromarray((torch.rand(20, 28, 3, generator=gen) * 255).byte().numpy()))
              for i in range(3)]
     result = evaluation.evaluate(runs["unpooled"], items, per_class=None,
-                                 evaluate_with=["timm:tf_efficientnet_lite0"], evaluate_weights=["none"], **FAST)
+                                 evaluate_with=["timm:test_convnext"], evaluate_weights=["none"], **FAST)
     assert result.out is None and len(result.images) == len(result.rows) == 3
     assert all(isinstance(im, Image.Image) for im in result.images)
-    cross = result.summary["cross_model"]["timm:tf_efficientnet_lite0"]
+    cross = result.summary["cross_model"]["timm:test_convnext"]
     assert 0.0 <= cross["top1"] <= cross["top5"] <= 1.0
-    assert all("timm:tf_efficientnet_lite0" in r["cross"] for r in result.rows)
+    assert all("timm:test_convnext" in r["cross"] for r in result.rows)
     assert "Cross-model" in evaluation._cross_markdown([result.summary])
 
 
