@@ -182,8 +182,10 @@ def test_dropout_rate_and_the_loop_uses_it(assets, tmp_path, monkeypatch):
         return real(self, images01, drop, generator=generator)
 
     monkeypatch.setattr(PixelBase, "training_loss", record)
-    train_base(base_config(assets, tmp_path / "b", max_steps=2, drop_prob=1.0))
+    out = train_base(base_config(assets, tmp_path / "b", max_steps=2, drop_prob=1.0, validate_every=1,
+                                 gradient_checkpointing=True))
     assert len(seen) == 2 and all(d.all() for d in seen)
+    assert sorted(p.name for p in (out / "validation").glob("*.png")) == ["step-00000001.png", "step-00000002.png"]
 
 
 def test_config_errors_are_clear(assets, tmp_path):
@@ -233,7 +235,7 @@ def test_train_cli_with_cached_features(assets, tmp_path):
     args = ["train", "--data", str(assets["images"]), "--out", str(out), "--backbone", TINY_BACKBONE,
             "--weights", "none", "--input-size", str(TINY_INPUT_SIZE), "--base", f"pixel:{assets['base']}",
             "--cache-features", "--max-steps", "2", "--batch-size", "2", "--num-workers", "0", "--val-steps", "2",
-            "--max-samples", "3", "--quiet"]
+            "--max-samples", "3", "--gradient-checkpointing", "--quiet"]
     assert _cli(args) == 0
     assert list(out.glob("feature_cache-*.safetensors"))
     assert FeatInv.from_pretrained(out).config["backbone"]["spec"] == TINY_BACKBONE
