@@ -69,6 +69,18 @@ def parse_concepts(concepts: str | int | Sequence[int] | None, n_concepts: int) 
     return list(dict.fromkeys(chosen))
 
 
+def class_name(index: int, num_classes: int) -> str | None:
+    """The ImageNet name of a top-1 class when the classifier has the 1000 ImageNet outputs."""
+    if num_classes != 1000:
+        return None
+    try:
+        from featinv.imagenet import imagenet_classes
+
+        return imagenet_classes()[index].name
+    except (FeatinvError, IndexError):
+        return None
+
+
 def _normalise(maps: Tensor) -> Tensor:
     """Divide each map ``[K, H, W]`` by its maximum (an all-zero map stays zero)."""
     peak = maps.flatten(1).amax(1).clamp_min(0)
@@ -122,6 +134,7 @@ class SteeringItem:
     image: np.ndarray                 # [R, R, 3] uint8, the crop the backbone sees
     concepts: list[int]
     top1: int
+    top1_name: str | None
     difference: Tensor                # median Euclidean RGB distance per concept (raw)
     normalised: Tensor                # difference / its max
     masks: Tensor                     # normalised >= threshold
@@ -147,7 +160,7 @@ class SteeringItem:
                 "energy_share": self.energy_share[k],
                 "norm_check": self.norm_checks[k] if k < len(self.norm_checks) else None,
             })
-        return {"image": self.name, "top1_class": self.top1, "seeds": self.seeds, "threshold": self.threshold,
+        return {"image": self.name, "top1_class": self.top1, "top1_name": self.top1_name, "seeds": self.seeds, "threshold": self.threshold,
                 "reconstruction_cosine": self.reconstruction_cosine, "concepts": per_concept}
 
 
@@ -245,7 +258,7 @@ class FeatInvViz(Analysis):
                                       reconstruction_features(model, originals).cpu()).median())
         return SteeringItem(
             name=item.name, image=display_image(item.image, size[0], tuple(info_aspect(backbone))), concepts=chosen,
-            top1=top1, difference=difference, normalised=normalised, masks=normalised >= self.threshold,
+            top1=top1, top1_name=class_name(top1, backbone.info.num_classes), difference=difference, normalised=normalised, masks=normalised >= self.threshold,
             concept_maps=_normalise(upsampled.clamp_min(0)), coarse_maps=coarse, gradcam=cam,
             original_reconstruction=originals[0], edited_reconstructions=edits[:, 0], seeds=seeds,
             threshold=self.threshold, energy_share=[float(energy[c]) / total_energy for c in chosen],
@@ -257,7 +270,8 @@ class FeatInvViz(Analysis):
         upsampled concept maps; bottom row, one seed's reconstruction of the original and of each edit."""
         k = len(item.concepts)
         fig, axes = new_figure(3, k + 1)
-        image_panel(axes[0, 0], item.image, "original", f"top-1 class {item.top1}")
+        label = f"top-1: {item.top1}" + (f" {item.top1_name}" if item.top1_name else "")
+        image_panel(axes[0, 0], item.image, "original", label)
         for j, c in enumerate(item.concepts):
             mask = item.masks[j].numpy()
             dimmed = (item.image.astype(np.float32) * np.where(mask, 1.0, 0.25)[..., None]).astype(np.uint8)
