@@ -69,6 +69,7 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def step_dir_name(step: int) -> str:
+    """Checkpoint folder name for ``step``, zero-padded so names sort in step order."""
     return f"step-{step:08d}"
 
 

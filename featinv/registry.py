@@ -49,6 +49,7 @@ class Registry:
         return _SINGULAR[self.kind]
 
     def add(self, entry: Entry) -> None:
+        """Add one entry; a name registered twice is an error that names both packages."""
         existing = self.entries.get(entry.name)
         if existing is not None:
             raise FeatinvError(
@@ -58,12 +59,15 @@ class Registry:
         self.entries[entry.name] = entry
 
     def list(self, filter: str = "*") -> list[str]:  # noqa: A002 - timm's argument name
+        """Registered names matching the fnmatch ``filter``, sorted."""
         return sorted(name for name in self.entries if fnmatch.fnmatch(name, filter))
 
     def is_registered(self, name: str) -> bool:
+        """Whether ``name`` (or the prefix of ``prefix:arg``) is registered."""
         return name.partition(":")[0] in self.entries
 
     def get(self, name: str) -> Entry:
+        """The entry for ``name`` (or its prefix); an unknown name gets close matches."""
         key = name.partition(":")[0]
         if key not in self.entries:
             raise FeatinvError(
@@ -73,6 +77,7 @@ class Registry:
         return self.entries[key]
 
     def create(self, name: str, **kwargs: Any) -> Any:
+        """Build ``name``: ``prefix:arg`` calls ``factory(arg, **kw)``, a plain name ``factory(**kw)``."""
         key, sep, arg = name.partition(":")
         entry = self.get(key)
         if sep:
@@ -169,6 +174,7 @@ def reset(extra_plugins: tuple[Any, ...] = (), autoload: bool | None = None) -> 
 
 
 def get_registry(kind: str) -> Registry:
+    """The registry of one plugin kind (backbones, bases, encoders, ...)."""
     if kind not in KINDS:
         raise FeatinvError(f"unknown plugin kind {kind!r}; use one of {', '.join(KINDS)}")
     return get_state().registries[kind]
@@ -180,6 +186,7 @@ def plugin_errors() -> dict[str, str]:
 
 
 def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide pluggy plugin manager (e.g. to call ``register_commands``)."""
     return get_state().manager
 
 

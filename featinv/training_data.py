@@ -47,6 +47,7 @@ class TrainingImages:
         return len(self.items)
 
     def summary(self) -> str:
+        """One line for the log: how many images were found and how many skipped."""
         skipped = self.non_images + len(self.unreadable)
         where = f" from {self.root}" if self.root else " (in memory)"
         if not skipped:
@@ -304,6 +305,7 @@ class Schedule:
         return max(1, self.n // self.samples_per_step)
 
     def total_steps(self, epochs: float, max_steps: int | None = None) -> int:
+        """Optimizer steps of the run: ``max_steps`` if given, else ``epochs`` worth."""
         if max_steps is not None:
             return int(max_steps)
         return max(1, math.ceil(epochs * self.steps_per_epoch))

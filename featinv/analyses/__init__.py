@@ -279,6 +279,7 @@ class NormCheck:
     out_of_distribution: bool
 
     def as_dict(self) -> dict[str, Any]:
+        """The check as JSON-ready numbers (saved with each analysis item)."""
         return {"reference": self.reference, "max_norm": self.max_norm, "reference_max": self.reference_max,
                 "norm_ratio": self.norm_ratio, "max_percentile": self.max_percentile,
                 "fraction_above_reference_max": self.fraction_above,

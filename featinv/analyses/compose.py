@@ -88,6 +88,7 @@ class Region:
                 round(self.x1 * width / gw), round(self.y1 * height / gh))
 
     def as_dict(self) -> dict[str, Any]:
+        """The region as JSON: its label, grid cells (x0, y0, x1, y1) and whether it is empty."""
         return {"label": self.label, "cells": [self.x0, self.y0, self.x1, self.y1], "empty": self.empty}
 
 
@@ -186,6 +187,7 @@ class CompositionItem:
         return draw_box_outline(image, box, YELLOW, width=outline_width(image.shape[0]))
 
     def numbers(self) -> dict[str, Any]:
+        """Numbers as JSON: per region, cosine of the composed map vs its reconstruction, A and B."""
         return {"image": self.name, "image_a": self.names[0], "image_b": self.names[1], "seed": self.seed,
                 "grid": list(self.grid),
                 "reconstruction_cosine": {"a": self.cosine_reference[0], "b": self.cosine_reference[1]},

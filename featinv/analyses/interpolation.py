@@ -84,6 +84,7 @@ class InterpolationItem:
     norm_checks: list[dict[str, Any]] = field(default_factory=list)
 
     def numbers(self) -> dict[str, Any]:
+        """Numbers as JSON: per weight, cosine of the mixture vs its reconstruction, A and B."""
         return {"image": self.name, "image_a": self.names[0], "image_b": self.names[1], "seed": self.seed,
                 "steps": [{"weight_a": w, "cosine_weighted": c, "cosine_a": ca, "cosine_b": cb, "norm_check": n}
                           for w, c, ca, cb, n in zip(self.weights, self.cosine, self.cosine_a, self.cosine_b,

@@ -97,6 +97,7 @@ class DiffusionBase:
 
     # ---- state -------------------------------------------------------------------------------
     def modules(self) -> list[torch.nn.Module]:
+        """The torch modules (UNet, and the VAE if any), to move and freeze them together."""
         return [m for m in (self.unet, self.vae) if m is not None]
 
     def freeze(self) -> DiffusionBase:
@@ -109,6 +110,7 @@ class DiffusionBase:
         return self
 
     def to(self, device: str | torch.device) -> DiffusionBase:
+        """Move every module of the base to ``device``; returns self."""
         self.device = torch.device(device)
         for module in self.modules():
             module.to(self.device)

@@ -171,6 +171,7 @@ class FeatInv:
         return run_dir
 
     def to(self, device: str | torch.device) -> FeatInv:
+        """Move the base, the ControlNet and the backbone to ``device``; returns self."""
         self.device = torch.device(device)
         self.base.to(self.device)
         self.controlnet.to(self.device)
