@@ -301,13 +301,16 @@ def evaluate(
     if batch_size < 1:
         raise FeatinvError(f"batch size must be at least 1, got {batch_size}")
     sources = collect_sources(data, per_class)
+    rank, world, barrier = _process_group()
+    if world > 1 and device == "cuda":  # one GPU per process under accelerate launch / torchrun
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     model = _load_model(run, device)
     backbone = model.backbone
     guidance = float(guidance_scale if guidance_scale is not None else model.guidance_scale)
     label = name or _model_label(model, run)
     settings = {
-        "run": os.fspath(run) if isinstance(run, (str, os.PathLike)) else None,
-        "data": os.fspath(data) if isinstance(data, (str, os.PathLike)) else "<in-memory images>",
+        "run": os.path.abspath(run) if isinstance(run, (str, os.PathLike)) else None,
+        "data": os.path.abspath(data) if isinstance(data, (str, os.PathLike)) else "<in-memory images>",
         "backbone": backbone.spec,
         "layer": getattr(backbone, "layer", None),
         "pooled": bool(getattr(model, "pooled", False)),
@@ -322,7 +325,6 @@ def evaluate(
 
     out_dir = ensure_output_dir(out) if out is not None else None
     keep = keep_images if keep_images is not None else out_dir is None
-    rank, world, barrier = _process_group()
     done: dict[str, dict[str, Any]] = {}
     index_path: Path | None = None
     if out_dir is not None:
@@ -643,12 +645,11 @@ def sweep(
 
     if not guidance:
         raise FeatinvError("no guidance scales given; pass e.g. --guidance 1,1.75,3,5,8")
-    model = _load_model(run, kwargs.get("device", "cpu"))
     out_dir = ensure_output_dir(out) if out is not None else None
     results = []
-    for g in guidance:
+    for g in guidance:  # a run folder is reloaded per scale (cheap) so every metrics.json names its run
         sub = out_dir / f"guidance-{g:g}" if out_dir is not None else None
-        results.append(evaluate(model, data, out=sub, guidance_scale=float(g), **kwargs))
+        results.append(evaluate(run, data, out=sub, guidance_scale=float(g), **kwargs))
     fid_label = next((r.fid_label for r in results if r.fid_label), None)
     numbers = {
         "model": results[0].summary.get("model"),

@@ -101,6 +101,8 @@ def eval_main(
                       seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps, scheduler=scheduler,
                       batch_size=batch_size, evaluate_with=evaluate_with or [], evaluate_weights=evaluate_weights,
                       fid=fid, limit=limit, overwrite=overwrite, device=device, progress=not quiet)
+    if not result.summary:  # another process of a multi-process launch: rank 0 reports
+        return
     if json_output:
         console.print_json(json.dumps(result.summary))
         return
