@@ -20,6 +20,7 @@ from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv=None``: sys.argv); tests pass their own list."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="unpooled FeatInv run folder")
@@ -37,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the composition analysis, then redo its first edit by hand; returns both and their difference."""
     args = parse_args(argv)
     import featinv
     from featinv.analyses.compose import compose_maps, parse_region

@@ -94,6 +94,7 @@ def register_backbones(register: Any) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv=None``: sys.argv); tests pass their own list."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="smallcnn:base", help="backbone spec served by this plugin")
@@ -111,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Register the plugin, show its layers and, with --base, train and sample FeatInv on it."""
     args = parse_args(argv)
     import featinv
     from featinv.registry import reset

@@ -16,6 +16,7 @@ from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv=None``: sys.argv); tests pass their own list."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="FeatInv run folder (written by `featinv train`)")
@@ -33,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> Any:
+    """Run the interpolation analysis and print its cosines; returns the AnalysisResult."""
     args = parse_args(argv)
     import featinv
 

@@ -20,6 +20,7 @@ import torch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv=None``: sys.argv); tests pass their own list."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="FeatInv run folder (written by `featinv train`)")
@@ -54,6 +55,7 @@ def score(model: Any, original: Any, reconstruction: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Reconstruct the folder, score every reconstruction, write scores.json; returns the rows."""
     args = parse_args(argv)
     import featinv
     from featinv.data import open_image

@@ -19,6 +19,7 @@ from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv=None``: sys.argv); tests pass their own list."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="FeatInv run folder (written by `featinv train`)")
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> Any:
+    """Load or fit concepts, run FeatInv-Viz on the images; returns the AnalysisResult."""
     args = parse_args(argv)
     import featinv
 
