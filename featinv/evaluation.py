@@ -61,6 +61,7 @@ class SourceImage:
     opener: Callable[[], Image.Image]
 
     def image(self) -> Image.Image:
+        """Open the image now (sources are listed without decoding them all up front)."""
         return self.opener()
 
 
@@ -164,6 +165,7 @@ class EvalResult:
         return (self.summary.get("kid") or {}).get("label")
 
     def markdown(self) -> str:
+        """The summary as a Markdown table (the paper's Table 1 layout)."""
         return markdown_table([self.summary])
 
 

@@ -150,6 +150,7 @@ class SteeringItem:
     norm_checks: list[dict[str, Any]] = field(default_factory=list)
 
     def numbers(self) -> dict[str, Any]:
+        """Numbers as JSON: per concept, difference, mask share, energy share and norm check."""
         per_concept = []
         for k, c in enumerate(self.concepts):
             per_concept.append({
