@@ -263,9 +263,16 @@ class Backbone:
         self.model.to(self.device)
         self._modules = dict(self.model.named_modules())
         self._modules.pop("", None)
-        self.default_layer = self._find_default_layer()
+        self._default_layer: str | None = None
         self.layer = self._check_layer(layer) if layer is not None else self.default_layer
         self.info = self._probe_info()
+
+    @property
+    def default_layer(self) -> str:
+        """The last spatial map before global pooling (found by one probe forward, on first use)."""
+        if self._default_layer is None:
+            self._default_layer = self._find_default_layer()
+        return self._default_layer
 
     # -- construction helpers
     def _dummy(self, batch: int = 1) -> Tensor:

@@ -40,12 +40,12 @@ def layers(
         return
     h, w = model.info.input_size
     table = Table(title=f"{model.spec} layers at {h}x{w} (* = default: {model.default_layer})")
-    table.add_column("")
-    table.add_column("layer", no_wrap=True)
-    table.add_column("module", max_width=20, overflow="ellipsis", no_wrap=True)
-    table.add_column("C×H×W", justify="right", no_wrap=True)
-    table.add_column("stride", justify="right")
-    table.add_column("layout", overflow="ellipsis", no_wrap=True)
+    table.add_column("*", no_wrap=True)
+    table.add_column("layer", overflow="fold")
+    table.add_column("module", max_width=12, overflow="ellipsis", no_wrap=True)
+    table.add_column("C×H×W", justify="right", min_width=10, no_wrap=True)
+    table.add_column("stride", justify="right", min_width=6, no_wrap=True)
+    table.add_column("layout", max_width=10, overflow="ellipsis", no_wrap=True)
     for info in infos:
         shape = "×".join(str(v) for v in info.shape) if info.shape else "—"
         style = "bold green" if info.is_default or info.path == model.layer else (None if info.spatial else "dim")
