@@ -93,8 +93,8 @@ def register_backbones(register: Any) -> None:
     register("smallcnn", create_smallcnn_backbone, description="example: a small CNN defined in a script")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (``argv=None``: sys.argv); tests pass their own list."""
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options (the docs tests check every option the docs mention against it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="smallcnn:base", help="backbone spec served by this plugin")
@@ -108,7 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=25, help="denoising steps when reconstructing")
     parser.add_argument("--device", default=None, help="torch device (default: what accelerate picks)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv=None``: sys.argv); tests pass their own list."""
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line (``argv=None``: sys.argv); tests pass their own list."""
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options (the docs tests check every option the docs mention against it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="FeatInv run folder (written by `featinv train`)")
@@ -39,7 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the run's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv=None``: sys.argv); tests pass their own list."""
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Any:
