@@ -21,8 +21,7 @@ from featinv.cli.options import (
 )
 from featinv.errors import FeatinvError
 
-eval_app = typer.Typer(
-    help="Evaluate FeatInv runs: cosine-sim, top5(1) match, FID/KID (paper Tables 1-3, Figure 7).",
+eval_app = typer.Typer(  # help comes from eval_main's docstring, which carries the example
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -87,6 +86,7 @@ def eval_main(
 ) -> None:
     """Reconstruct N images per class and report cosine-sim, top5(1) match and FID (paper Table 1 layout).
 
+    Subcommands: sweep (Figure 7), compare (several runs in one table), baseline (class-prompt images, Table 3).
     Writes metrics.json, metrics.csv, metrics.md and the images with an index; rerunning resumes.
 
     Example: featinv eval --run runs/convnext --data val/ --per-class 10 --evaluate-with timm:resnet50
