@@ -335,6 +335,8 @@ def evaluate(
         ensure_output_dir(out_dir / "images")
 
     extra = _extra_backbones(evaluate_with, evaluate_weights, device) if evaluate_with else {}
+    # resolved before any reconstruction so a missing weight file fails fast, not after hours of sampling
+    space = _feature_space(fid, backbone, device) if rank == 0 and fid != "none" else None
     mine = shard(jobs, rank, world)
     pending = [job for job in mine if f"{job[0].name}#s{job[1]}" not in done]
     if limit is not None:
@@ -370,8 +372,7 @@ def evaluate(
                   for r in rows]
 
     summary = _summarise(rows, settings, label, complete=len(rows) == len(jobs), n_sources=len(sources))
-    space = _feature_space(fid, backbone, device) if len(rows) >= 2 else None
-    if space is not None:
+    if space is not None and len(rows) >= 2:
         resolution = int(getattr(model.base, "resolution", 256))
         by_name = {s.name: s for s in sources}
         done_sources = list(dict.fromkeys(r["source"] for r in rows))
@@ -385,7 +386,7 @@ def evaluate(
                           "space": space.name, "n_real": len(fa), "n_generated": len(fb)}
         kid_mean, kid_std = metrics.kernel_distance(fa, fb, subset_size=kid_subset_size, n_subsets=100)
         summary["kid"] = {"label": space.kid_label, "mean": kid_mean, "std": kid_std, "space": space.name}
-    elif fid != "none":
+    elif space is not None:
         summary["fid_note"] = "FID/KID need at least 2 reconstructions"
 
     result = EvalResult(summary=summary, rows=rows, out=out_dir, images=images)

@@ -59,6 +59,10 @@ def test_eval_cli_runs_resumes_and_compares(tiny_run: Path, tmp_path: Path, caps
     assert code == 2 and "needs --run DIR and --data DIR" in err
     code, err = _exit_code_and_stderr(["eval", "--run", str(run), "--data", str(tmp_path / "nope")], capsys)
     assert code == 2 and "does not exist" in err
+    code, err = _exit_code_and_stderr([*common[:-3], "--fid", str(tmp_path / "pt_inception.pth"),
+                                       "--out", str(tmp_path / "e2")], capsys)
+    assert code == 2 and "Inception weights not found" in err and "FEATINV_INCEPTION_WEIGHTS" in err
+    assert not (tmp_path / "e2" / "images").exists() or not any((tmp_path / "e2" / "images").iterdir())
     code, err = _exit_code_and_stderr(["eval", "compare", str(tmp_path / "ood")], capsys)
     assert code == 2 and "no metrics.json" in err
 
