@@ -9,7 +9,6 @@ hidden temporary folder and renamed into place, so a crash mid-write never leave
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import re
@@ -92,12 +91,6 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def _torch_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
 def save_checkpoint(
     root: str | os.PathLike[str],
     step: int,
@@ -115,7 +108,7 @@ def save_checkpoint(
     with atomic_dir(target) as tmp:
         save_safetensors(params, tmp / WEIGHTS_FILE, metadata={"step": str(step)})
         trainer_state = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "rng": rng or []}
-        (tmp / TRAINER_FILE).write_bytes(_torch_bytes(trainer_state))
+        torch.save(trainer_state, tmp / TRAINER_FILE)  # straight to disk: no second in-memory copy (GBs for SD)
         write_json(tmp / STATE_FILE, {**state, "step": step})
     if keep is not None:
         rotate_checkpoints(root, keep)
@@ -165,8 +158,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
 
 
 def parameter_state(named: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
-    """Detached CPU copies of named parameters, for a checkpoint."""
-    return {name: param.detach().cpu().clone() for name, param in named}
+    """Named parameters on the CPU for a checkpoint (no copy when they already live there: saving is synchronous)."""
+    return {name: param.detach().cpu() for name, param in named}
 
 
 def load_parameter_state(named: list[tuple[str, torch.nn.Parameter]], tensors: dict[str, torch.Tensor]) -> None:
