@@ -212,6 +212,20 @@ def _square(img: Image.Image, size: int) -> torch.Tensor:
     return to_tensor01(img.crop((left, top, left + size, top + size)))
 
 
+def _embed(space: Any, images: Iterable[Image.Image], resolution: int, chunk: int = 64) -> torch.Tensor:
+    """FID/KID vectors for a stream of images, ``chunk`` at a time (10k images never sit in memory)."""
+    out: list[torch.Tensor] = []
+    buffer: list[torch.Tensor] = []
+    for img in images:
+        buffer.append(_square(img, resolution))
+        if len(buffer) == chunk:
+            out.append(space(torch.stack(buffer)))
+            buffer = []
+    if buffer:
+        out.append(space(torch.stack(buffer)))
+    return torch.cat(out)
+
+
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -376,12 +390,11 @@ def evaluate(
         resolution = int(getattr(model.base, "resolution", 256))
         by_name = {s.name: s for s in sources}
         done_sources = list(dict.fromkeys(r["source"] for r in rows))
-        originals = torch.stack([_square(by_name[n].image(), resolution) for n in done_sources])
+        fa = _embed(space, (by_name[n].image() for n in done_sources), resolution)
         if images is not None:
-            recs = torch.stack([_square(im, resolution) for im in images])
+            fb = _embed(space, iter(images), resolution)
         else:
-            recs = torch.stack([_square(Image.open(out_dir / r["file"]).convert("RGB"), resolution) for r in rows])  # type: ignore[operator]
-        fa, fb = space(originals), space(recs)
+            fb = _embed(space, (Image.open(out_dir / r["file"]).convert("RGB") for r in rows), resolution)  # type: ignore[operator]
         summary["fid"] = {"label": space.fid_label, "value": _finite(metrics.frechet_distance(fa, fb)),
                           "space": space.name, "n_real": len(fa), "n_generated": len(fb)}
         kid_mean, kid_std = metrics.kernel_distance(fa, fb, subset_size=kid_subset_size, n_subsets=100)
