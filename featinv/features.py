@@ -275,9 +275,9 @@ class Backbone:
         return self._default_layer
 
     # -- construction helpers
-    def _dummy(self, batch: int = 1) -> Tensor:
+    def _dummy(self) -> Tensor:
         h, w = self.preprocessing.input_size
-        return torch.zeros(batch, 3, h, w, device=self.device)
+        return torch.zeros(1, 3, h, w, device=self.device)
 
     def _check_layer(self, layer: str) -> str:
         if layer not in self._modules:
@@ -325,13 +325,12 @@ class Backbone:
             path = child
         return path
 
-    def _layout_or_none(self, path: str, output: Any, input_hw: tuple[int, int] | None = None,
-                        batch: int = 1) -> Layout | None:
+    def _layout_or_none(self, path: str, output: Any) -> Layout | None:
         shape = _first_tensor_shape(output)
         if shape is None:
             return None
         try:
-            return resolve_layout(shape, input_hw or self.preprocessing.input_size, self.knowledge, path, batch)
+            return resolve_layout(shape, self.preprocessing.input_size, self.knowledge, path, 1)
         except NoSpatialGrid:
             return None
 
@@ -426,6 +425,13 @@ class Backbone:
         layout = resolve_layout(shape, (int(x.shape[-2]), int(x.shape[-1])), self.knowledge, self.layer,
                                 int(x.shape[0]))
         return to_nchw(output, layout).float().contiguous()
+
+    def to_nchw(self, output: Tensor, x: Tensor) -> Tensor:
+        """Turn a raw output of the layer (or its gradient) for input ``x`` into [B,C,h,w] float32.
+
+        For code that hooks the layer itself (e.g. Grad-CAM needs the layer output's gradient).
+        """
+        return self._to_nchw({"output": output}, x)
 
     def features(self, x: Tensor, pooled: bool = False) -> Tensor:
         """The layer's feature map [B,C,h,w] for preprocessed ``x``; the rest of the network does not run."""

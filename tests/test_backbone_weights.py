@@ -112,7 +112,7 @@ def test_missing_file_or_unknown_word(tmp_path) -> None:
 
 
 def test_timm_pretrained_offline_fails_fast_with_what_to_do(monkeypatch) -> None:
-    monkeypatch.setattr(plugin, "_hf_cached", lambda repo_id: False)
+    monkeypatch.setattr(plugin, "_hf_cached", lambda repo_id, filename=None: False)
     monkeypatch.setattr(plugin, "_hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(FeatinvError, match=r"pretrained weights of timm:convnext_atto.*--weights PATH.*--weights none"):
         featinv.backbone(SPEC, weights="pretrained", input_size=SIZE)

