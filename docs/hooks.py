@@ -118,7 +118,17 @@ def _help_blocks(text: str) -> tuple[list[str], list[str]]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ").strip()
+    """Text for a Markdown table cell: no pipes, no line breaks, no raw HTML."""
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;").strip()
+
+
+def _summary(command: Any, limit: int = 160) -> str:
+    """The first paragraph of a command's help, shortened at a word boundary (for the subcommand table)."""
+    prose, _ = _help_blocks(command.help or "")
+    text = prose[0] if prose else ""
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+    return text
 
 
 def command_markdown(path: tuple[str, ...], command: Any, level: int = 2) -> str:
@@ -142,7 +152,7 @@ def command_markdown(path: tuple[str, ...], command: Any, level: int = 2) -> str
             out += ["| command | what it does |", "|---|---|"]
             for name, sub in visible:
                 anchor = "-".join((*path, name))
-                out.append(f"| [`{name}`](#{anchor}) | {_cell(_plain(sub.get_short_help_str(limit=120)))} |")
+                out.append(f"| [`{name}`](#{anchor}) | {_cell(_summary(sub))} |")
             out.append("")
     records = []
     for param in command.get_params(ctx):
@@ -151,7 +161,7 @@ def command_markdown(path: tuple[str, ...], command: Any, level: int = 2) -> str
             records.append(record)
     if records:
         out += ["| argument / option | description |", "|---|---|"]
-        out += [f"| `{_cell(names)}` | {_cell(help_text)} |" for names, help_text in records]
+        out += [f"| `{names.replace('|', '/')}` | {_cell(help_text)} |" for names, help_text in records]
         out.append("")
     if examples:
         out += ["Example:", "", "```bash", *examples, "```", ""]
