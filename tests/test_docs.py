@@ -272,3 +272,16 @@ def test_every_option_named_in_prose_exists() -> None:
             if flag not in known and flag not in other_tools:
                 unknown.add(f"{page.name}: {flag}")
     assert not unknown, sorted(unknown)
+
+
+def test_python_snippets_run() -> None:
+    """The Python snippets on the docs pages run as written (those that need a trained run are skipped)."""
+    ran = 0
+    for name in OWN_PAGES:
+        text = (DOCS / name).read_text()
+        for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+            if "runs/" in block:  # needs a trained model on disk
+                continue
+            exec(compile(block, f"docs/{name}", "exec"), {"__name__": f"docs_{name}"})
+            ran += 1
+    assert ran >= 2
