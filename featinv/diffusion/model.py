@@ -100,6 +100,7 @@ class FeatInv:
         self.pooled = bool(pooled)
         self.guidance_scale = float(guidance_scale if guidance_scale is not None else DEFAULT_GUIDANCE[self.pooled])
         self.device = base.device
+        self.optimizations: dict[str, Any] = {"channels_last": False, "compile": False, "compile_mode": None}
         self.config: dict[str, Any] = config or {}
         self.config.update({
             "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -176,6 +177,26 @@ class FeatInv:
         self.base.to(self.device)
         self.controlnet.to(self.device)
         self.backbone.to(self.device)
+        return self
+
+    def optimize(self, channels_last: bool = True, compile: bool = False, compile_mode: str | None = None) -> FeatInv:
+        """Opt-in GPU speed settings; nothing changes unless called (defaults keep CPU numerics exact).
+
+        ``channels_last`` stores the conv weights of the UNet, ControlNet, VAE and backbone as NHWC, the
+        layout cuDNN's tensor-core convolutions and GroupNorm prefer (activations follow the weights).
+        ``compile`` compiles the UNet and ControlNet forwards in place (``nn.Module.compile``, so weights,
+        ``state_dict`` keys and saving are untouched); it pays for long sampling or training runs, while the
+        first call takes minutes. The backbone is never compiled: its feature hooks stop the forward early.
+        """
+        modules = [*self.base.modules(), self.controlnet]
+        if channels_last:
+            for module in [*modules, self.backbone.model]:
+                module.to(memory_format=torch.channels_last)
+        if compile:
+            for module in (self.base.unet, self.controlnet):
+                module.compile(mode=compile_mode)
+        self.optimizations = {"channels_last": bool(channels_last), "compile": bool(compile),
+                              "compile_mode": compile_mode}
         return self
 
     def __repr__(self) -> str:
