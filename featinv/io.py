@@ -17,8 +17,16 @@ from featinv.errors import FeatinvError
 CHECKSUM_KEY = "featinv_checksum"
 
 
+def _default_mode(directory: bool = False) -> int:
+    """The permissions a plain ``open``/``mkdir`` would give (mkstemp/mkdtemp use 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _temp_sibling(path: Path, suffix: str = "") -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.fchmod(fd, _default_mode())
     os.close(fd)
     return Path(name)
 
@@ -70,6 +78,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise FeatinvError(f"output path {path} is a file; pass a directory path instead")
     ensure_output_dir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(_default_mode(directory=True))
     try:
         yield tmp
         if path.exists():

@@ -71,3 +71,15 @@ def test_output_dir_that_is_a_file(tmp_path):
     file.write_text("x")
     with pytest.raises(FeatinvError, match="is a file"):
         ensure_output_dir(file)
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+
+    write_json(tmp_path / "m.json", {"a": 1})
+    with atomic_dir(tmp_path / "d"):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
