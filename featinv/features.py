@@ -188,7 +188,11 @@ def pool_features(fmap: Tensor) -> Tensor:
     return fmap.mean(dim=(2, 3), keepdim=True).expand_as(fmap).contiguous()
 
 
-def _first_tensor_shape(output: Any) -> tuple[int, ...] | None:
+def _stride(input_h: int, grid_h: int) -> int:
+    return max(1, round(input_h / int(grid_h)))
+
+
+def _tensor_shape(output: Any) -> tuple[int, ...] | None:
     return tuple(output.shape) if isinstance(output, Tensor) else None
 
 
@@ -326,7 +330,7 @@ class Backbone:
         return path
 
     def _layout_or_none(self, path: str, output: Any) -> Layout | None:
-        shape = _first_tensor_shape(output)
+        shape = _tensor_shape(output)
         if shape is None:
             return None
         try:
@@ -342,7 +346,7 @@ class Backbone:
         fmap = self._to_nchw(store, x)
         h, w = self.preprocessing.input_size
         return FeatureInfo(spec=self.spec, layer=self.layer, channels=int(fmap.shape[1]),
-                           grid=(int(fmap.shape[2]), int(fmap.shape[3])), stride=max(1, round(h / fmap.shape[2])),
+                           grid=(int(fmap.shape[2]), int(fmap.shape[3])), stride=_stride(h, fmap.shape[2]),
                            input_size=(h, w), num_classes=int(logits.shape[-1]))
 
     # -- public API
@@ -418,7 +422,7 @@ class Backbone:
             raise FeatinvError(f"layer {self.layer!r} of {self.spec} does not run in the forward pass; "
                                f"pick another, see `featinv layers {self.spec}`")
         output = store["output"]
-        shape = _first_tensor_shape(output)
+        shape = _tensor_shape(output)
         if shape is None:
             raise NoSpatialGrid(f"layer {self.layer!r} of {self.spec} returns {type(output).__name__}, not a tensor; "
                                 f"pick one of its submodules, see `featinv layers {self.spec}`")
@@ -459,26 +463,20 @@ class Backbone:
         with torch.no_grad(), record_all(self.model) as calls:
             self.model(x)
         last = {path: output for path, _, output in calls}  # a module called twice keeps its last output
-        h, w = self.preprocessing.input_size
+        h = self.preprocessing.input_size[0]
         infos = []
         for path, module in self._modules.items():
-            kind = type(module).__name__
-            if path not in last:
-                infos.append(LayerInfo(path, kind, None, None, "not called in forward", path == self.default_layer))
+            kind, is_default = type(module).__name__, path == self.default_layer
+            layout = self._layout_or_none(path, last[path]) if path in last else None
+            if layout is None:
+                shape = _tensor_shape(last.get(path))
+                reason = ("not called in forward" if path not in last else
+                          f"no grid: {list(shape)}" if shape else f"returns {type(last[path]).__name__}")
+                infos.append(LayerInfo(path, kind, None, None, reason, is_default))
                 continue
-            output = last[path]
-            shape = _first_tensor_shape(output)
-            try:
-                if shape is None:
-                    raise NoSpatialGrid(f"returns {type(output).__name__}")
-                layout = resolve_layout(shape, (h, w), self.knowledge, path, 1)
-            except NoSpatialGrid as exc:
-                reason = str(exc) if shape is None else f"no grid: {list(shape)}"
-                infos.append(LayerInfo(path, kind, None, None, reason, path == self.default_layer))
-                continue
-            fmap = to_nchw(output, layout)
+            fmap = to_nchw(last[path], layout)
             infos.append(LayerInfo(path, kind, (int(fmap.shape[1]), int(fmap.shape[2]), int(fmap.shape[3])),
-                                   max(1, round(h / fmap.shape[2])), layout.describe(), path == self.default_layer))
+                                   _stride(h, fmap.shape[2]), layout.describe(), is_default))
         return infos
 
 
