@@ -62,17 +62,43 @@ def _assemble() -> None:
 _assemble()
 
 
+def _error_line(message: str) -> None:
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: bad input becomes one line on stderr and exit code 2."""
+    """Console entry point: bad input (ours or a bad option value) becomes one line on stderr and exit
+    code 2, and an output folder the failed command created empty is removed again; Ctrl-C exits 130."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+    from featinv.validation import no_partial_output, output_paths
+
     args = sys.argv[1:] if argv is None else argv
     _state["debug"] = "--debug" in args
     try:
-        app(args=args, prog_name="featinv")
+        with no_partial_output(output_paths(args)):
+            code = app(args=args, prog_name="featinv", standalone_mode=False)
     except FeatinvError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _error_line(str(exc))
         sys.exit(2)
+    except NoArgsIsHelpError as exc:  # `featinv eval` alone: show the help, as typer does
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+        _error_line(exc.format_message().rstrip(".") + where)
+        sys.exit(2)
+    except ClickException as exc:
+        _error_line(exc.format_message())
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    if isinstance(code, int) and code:
+        if code == 130:
+            err_console.print("[yellow]interrupted[/]")
+        sys.exit(code)
