@@ -32,6 +32,8 @@ __all__ = [
     "ModelKnowledge",
     "Preprocessing",
     "backbone",
+    "capture",
+    "list_layers",
     "pool_features",
     "resolve_layout",
     "to_nchw",
@@ -67,6 +69,7 @@ class LayerInfo:
 
     @property
     def spatial(self) -> bool:
+        """Whether the layer has a spatial grid (and can be used as a feature layer)."""
         return self.shape is not None
 
 
@@ -108,6 +111,7 @@ class Layout:
     prefix: int = 0
 
     def describe(self) -> str:
+        """Short label for tables: NCHW, NHWC or tokens+K (K prefix tokens dropped)."""
         return f"tokens+{self.prefix}" if self.kind == "tokens" else self.kind
 
 
@@ -356,6 +360,7 @@ class Backbone:
                 f"stride {i.stride}, input {i.input_size[0]}x{i.input_size[1]})")
 
     def to(self, device: str | torch.device) -> Backbone:
+        """Move the model to ``device``; features and logits then run there (returns self)."""
         self.device = torch.device(device)
         self.model.to(self.device)
         return self

@@ -15,6 +15,7 @@ from featinv.features import Backbone, pool_features
 CASES = [
     ("timm:convnext_atto", "stages.3", 128, (320, 4, 4)),                         # NCHW CNN
     ("timm:swinv2_tiny_window8_256", "layers.3", 64, (768, 2, 2)),                # NHWC stages
+    ("timm:swinv2_cr_tiny_ns_224", "stages.3", 64, (768, 2, 2)),                  # NCHW stages, NHWC blocks
     ("timm:vit_tiny_patch16_224", "blocks.11", 64, (192, 4, 4)),                  # tokens + class token
     ("timm:deit_tiny_distilled_patch16_224", "blocks.11", 64, (192, 4, 4)),       # class + distillation token
     ("timm:vit_small_patch14_reg4_dinov2", "blocks.11", 56, (384, 4, 4)),         # class + 4 register tokens
