@@ -75,8 +75,9 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     if not inputs:
         raise FeatinvError("no images given; pass image files or folders")
     items = _output_names(inputs)
-    out_dir = ensure_output_dir(out)
     model = run if isinstance(run, FeatInv) else FeatInv.from_pretrained(run, device=device)
+    model.base.make_scheduler(scheduler)  # an unknown sampler fails here, before anything is written
+    out_dir = ensure_output_dir(out)
     guidance = model.guidance_scale if guidance_scale is None else float(guidance_scale)
     size = list(model.backbone.info.input_size) if resize else [model.base.resolution] * 2
     run_name = str(Path(run).resolve()) if not isinstance(run, FeatInv) else repr(model)
@@ -140,5 +141,8 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     finally:
         if bar:
             bar.stop()
+    if summary.unreadable and not summary.written and not summary.skipped and not entries:
+        raise FeatinvError(f"none of the {len(summary.unreadable)} images could be read (corrupt, truncated or not "
+                           f"images, e.g. {summary.unreadable[0]}); pass readable .png/.jpg images")
     save_index()
     return summary
