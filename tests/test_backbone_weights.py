@@ -127,3 +127,29 @@ def test_torchvision_pretrained_offline_names_the_cache(monkeypatch) -> None:
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     with pytest.raises(FeatinvError, match=r"torchvision:resnet18 \(URLError.*checkpoints.*--weights none"):
         featinv.backbone("torchvision:resnet18", weights="pretrained", input_size=SIZE)
+
+
+def test_torchvision_pretrained_uses_the_downloaded_state(monkeypatch) -> None:
+    """The real 'pretrained' path, with torchvision's downloader replaced by an in-memory checkpoint."""
+    import torchvision.models as tvm
+    import torchvision.models._api as api
+
+    torch.manual_seed(7)
+    published = tvm.resnet18().state_dict()
+    monkeypatch.setattr(api, "load_state_dict_from_url", lambda *args, **kwargs: published)
+    backbone = featinv.backbone("torchvision:resnet18", weights="pretrained", input_size=SIZE)
+    assert torch.equal(backbone.model.conv1.weight, published["conv1.weight"])
+    assert backbone.layer == "layer4" and backbone.weights == "pretrained"
+
+
+def test_torchvision_vit_pretrained_at_another_size_resamples_positions(monkeypatch) -> None:
+    import torchvision.models as tvm
+    import torchvision.models._api as api
+
+    torch.manual_seed(8)
+    published = tvm.vit_b_16().state_dict()  # trained at 224: 1 + 14x14 positions
+    monkeypatch.setattr(api, "load_state_dict_from_url", lambda *args, **kwargs: published)
+    backbone = featinv.backbone("torchvision:vit_b_16", weights="pretrained", input_size=64)
+    assert backbone.model.encoder.pos_embedding.shape == (1, 1 + 4 * 4, 768)
+    assert torch.equal(backbone.model.class_token, published["class_token"])
+    assert (backbone.info.channels, backbone.info.grid) == (768, (4, 4))
