@@ -489,7 +489,11 @@ def fit_concepts(
     """
     from featinv.features import backbone as build_backbone
 
-    decomposer = create_decomposer(method, n_concepts=n_concepts, **options)
+    try:
+        decomposer = create_decomposer(method, n_concepts=n_concepts, **options)
+    except TypeError as exc:  # an option name the decomposer does not take (a typo in --option KEY=VALUE)
+        raise FeatinvError(f"bad option for the {method} decomposer ({str(exc).split('__init__() ')[-1]}); "
+                           "check the --option names in the decomposer's documentation") from None
     decomposer.progress = progress
     items, description = _image_items(data, max_images)
     if isinstance(backbone, str):
