@@ -141,9 +141,13 @@ class FeatInv:
         if not run_dir.is_dir():
             raise FeatinvError(f"run folder {run_dir} does not exist; pass a folder written by `featinv train`")
         config = read_json(run_dir / CONFIG_NAME, what="FeatInv run config")
-        if config.get("format") != FORMAT:
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise FeatinvError(f"{run_dir / CONFIG_NAME} is not a FeatInv run config; pass a folder written by `featinv train`")
-        entry = config["backbone"]
+        entry, base_entry = config.get("backbone"), config.get("base")
+        if not (isinstance(entry, dict) and isinstance(base_entry, dict)
+                and all(k in entry for k in ("spec", "layer", "channels", "grid")) and "spec" in base_entry):
+            raise FeatinvError(f"{run_dir / CONFIG_NAME} is incomplete (backbone or base entry missing); restore it "
+                               "or retrain the run")
         if backbone is None:
             from featinv.features import backbone as make_backbone
 
@@ -225,6 +229,9 @@ class FeatInv:
             raise FeatinvError(f"features must be [N,{entry['channels']},h,w] from {entry['spec']} layer {entry['layer']}, "
                                f"got shape {tuple(features.shape)}; compute them with model.features(images)")
         features = features.to(self.device, torch.float32)
+        if not bool(torch.isfinite(features).all()):
+            raise FeatinvError(f"features contain {int((~torch.isfinite(features)).sum())} NaN or infinite values; "
+                               "check the backbone weights and the input images (or the edit applied to the map)")
         if self.pooled:  # idempotent for maps that are already pooled
             features = features.mean(dim=(2, 3), keepdim=True).expand_as(features)
         return features
