@@ -585,12 +585,14 @@ def rich_table(summaries: Sequence[dict[str, Any]], title: str = "FeatInv evalua
     """The Table 1 layout as a rich Table (printed by the CLI)."""
     from rich.table import Table
 
+    from rich.markup import escape
+
     header, rows = _table_rows(summaries)
     table = Table(title=title)
-    for i, col in enumerate(header):
-        table.add_column(col, justify="left" if i == 0 else "right")
+    for i, col in enumerate(header):  # escape: labels like FID[timm:...] are not rich markup
+        table.add_column(escape(col), justify="left" if i == 0 else "right")
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*(escape(cell) for cell in r))
     return table
 
 

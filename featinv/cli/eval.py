@@ -147,8 +147,10 @@ def eval_sweep(
 
     n = result.numbers
     table = Table(title=f"{n['model']}: guidance sweep")
+    from rich.markup import escape
+
     for col in ("guidance", n["fid_label"] or "FID", "cosine distance", "top5(1)"):
-        table.add_column(col, justify="right")
+        table.add_column(escape(col), justify="right")
     for i, g in enumerate(n["guidance"]):
         fid_v, cos_v = n["fid"][i], n["cosine_distance"][i]
         table.add_row(f"{g:g}", "n/a" if fid_v is None else f"{fid_v:.2f}", "n/a" if cos_v is None else f"{cos_v:.3f}",
