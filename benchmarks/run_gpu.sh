@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# All benchmarks at paper scale (MiniSD-size model, random weights) on one GPU, in priority order, within a
+# time budget; every result is one JSON line in $DIR/gpu.jsonl, the full output in $DIR/gpu.log, and
+# Markdown tables (targets checked) in $DIR/summary.md, printed at the end.
+#
+#   bash benchmarks/run_gpu.sh
+#
+# DIR is $OUT when set (the device machine's folder that comes back), else benchmarks/results/gpu-<UTC time>.
+# Wheels in .whl/ (made by benchmarks/fetch_wheels.sh, for a machine without diffusers) are installed first.
+# BENCH_BUDGET_S (default 480) bounds the whole run: a step that would not fit is skipped (and listed),
+# and a running step is stopped at the budget. BENCH_DRY_RUN=1 prints the steps without running them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+BUDGET=${BENCH_BUDGET_S:-480}
+PY=${PYTHON:-python3}
+CONFIG=${BENCH_CONFIG:-minisd}   # tiny + BENCH_DEVICE=cpu exercise this script on a CPU (the test suite does)
+DEVICE=${BENCH_DEVICE:-cuda}
+DRY=${BENCH_DRY_RUN:-}
+START=$SECONDS
+DIR=${OUT:-benchmarks/results/gpu-$(date -u +%Y%m%dT%H%M%SZ)}
+RESULTS=$DIR/gpu.jsonl
+LOG=$DIR/gpu.log
+SKIPPED=()
+FAILED=()
+export PYTHONUNBUFFERED=1
+
+if [[ -z $DRY ]]; then
+    mkdir -p "$DIR"
+    : >"$RESULTS"
+    : >"$LOG"
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+            || { echo "error: installing the wheels in .whl/ failed; rerun benchmarks/fetch_wheels.sh"; exit 2; }
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    "$PY" -c "import diffusers" 2>/dev/null \
+        || { echo "error: diffusers is missing; run benchmarks/fetch_wheels.sh where pip works and carry .whl"; exit 2; }
+    if [[ $DEVICE == cuda* ]]; then
+        "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+            || { echo "error: no CUDA GPU visible; this script measures GPU figures"; exit 2; }
+        nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv >>"$LOG" 2>&1
+    fi
+    echo "results -> $DIR (budget ${BUDGET}s)"
+fi
+
+# step NAME ESTIMATED_SECONDS COMMAND...: run COMMAND if the estimate still fits the budget; JSON lines
+# go to $RESULTS, everything to $LOG, one status line to the terminal
+step() {
+    local name=$1 estimate=$2
+    shift 2
+    if [[ -n $DRY ]]; then
+        echo "$name: $*"
+        return 0
+    fi
+    local left=$((BUDGET - (SECONDS - START)))
+    if ((left < estimate)); then
+        echo "skip  $name (${left}s left, needs ~${estimate}s)" | tee -a "$LOG"
+        SKIPPED+=("$name")
+        return 0
+    fi
+    local began=$SECONDS
+    echo "== $name: $*" >>"$LOG"
+    timeout --kill-after=15 "$left" "$@" 2>>"$LOG" | tee -a "$LOG" | grep '^{' >>"$RESULTS"
+    local rc=${PIPESTATUS[0]}
+    ((rc == 0)) || FAILED+=("$name (exit $rc)")
+    printf '%-5s %-28s %4ss\n' "$([[ $rc == 0 ]] && echo ok || echo FAIL)" "$name" "$((SECONDS - began))" | tee -a "$LOG"
+}
+
+TRAIN=("$PY" benchmarks/bench_train.py --config "$CONFIG" --device "$DEVICE" --num-workers 8)
+REC=("$PY" benchmarks/bench_reconstruct.py --config "$CONFIG" --device "$DEVICE" --batch-size 64)
+
+# the issue's targets first, then fp32 and the optional speed-ups
+step reconstruct-bf16 60 "${REC[@]}" --precision bf16 --schedules ddim:50 dpm++:20 --warmup 1 --repeats 3
+step train-b64-bf16 75 "${TRAIN[@]}" --mode ours --mixed-precision bf16 --batch-size 64 --steps 20 --warmup 3 --images 256
+step train-b8-bf16 60 "${TRAIN[@]}" --mode ours --mixed-precision bf16 --batch-size 8 --steps 30 --warmup 5 --images 64
+step train-b8-fp32 60 "${TRAIN[@]}" --mode ours --mixed-precision no --batch-size 8 --steps 20 --warmup 3 --images 64
+step train-b64-fp32 75 "${TRAIN[@]}" --mode ours --mixed-precision no --batch-size 64 --steps 10 --warmup 2 --images 256
+step reconstruct-fp32 60 "${REC[@]}" --precision fp32 --schedules ddim:50 --warmup 1 --repeats 2
+step reconstruct-bf16-cl 50 "${REC[@]}" --precision bf16 --channels-last --schedules ddim:50 --warmup 1 --repeats 3
+# FLOPs on the meta device (CPU only, no GPU memory) + peak fractions of the training rates measured above
+step flops 45 "$PY" benchmarks/flops.py --config "$CONFIG" --device meta --batch-sizes 8 64 --results "$RESULTS"
+# only if time is left: torch.compile (minutes of compilation, reported as warmup_s), the naive loop
+step reconstruct-bf16-compile 180 "${REC[@]}" --precision bf16 --channels-last --compile --schedules ddim:50 --warmup 1 --repeats 2
+step train-b8-bf16-vs-naive 120 "${TRAIN[@]}" --mode all --mixed-precision bf16 --batch-size 8 --steps 10 --warmup 3 --images 64
+
+[[ -n $DRY ]] && exit 0
+[[ $DEVICE == cuda* ]] && nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv >>"$LOG" 2>&1
+"$PY" benchmarks/summarize.py "$RESULTS" | tee "$DIR/summary.md"
+echo "total $((SECONDS - START))s; skipped: ${SKIPPED[*]:-none}; failed: ${FAILED[*]:-none}" | tee -a "$LOG"
+echo "results: $RESULTS, $LOG, $DIR/summary.md"
