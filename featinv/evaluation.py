@@ -314,6 +314,10 @@ def evaluate(
     from featinv.progress import progress as progress_bar
 
     seeds = [int(s) for s in seeds] or [0]
+    if guidance_scale is not None:
+        from featinv.validation import check_guidance
+
+        guidance_scale = check_guidance(guidance_scale)
     if batch_size < 1:
         raise FeatinvError(f"batch size must be at least 1, got {batch_size}")
     sources = collect_sources(data, per_class)
@@ -663,6 +667,9 @@ def sweep(
 
     if not guidance:
         raise FeatinvError("no guidance scales given; pass e.g. --guidance 1,1.75,3,5,8")
+    from featinv.validation import check_guidance
+
+    guidance = [check_guidance(g, "every guidance scale") for g in guidance]
     out_dir = ensure_output_dir(out) if out is not None else None
     results = []
     for g in guidance:  # a run folder is reloaded per scale (cheap) so every metrics.json names its run
