@@ -605,6 +605,8 @@ def run_training(config: LoopConfig, make_task: Callable[[Any], Task], on_step: 
         say(f"resuming from {existing} (step {start_step}/{total_steps})")
     elif config.resume:
         say(f"no checkpoint in {out}; starting a new run")
+    if existing is None and is_main:  # lines of an attempt killed before its first checkpoint would repeat
+        _truncate_metrics(out / METRICS_FILE, 0)
     say(f"training {task.summary()}; {total_steps} steps of {schedule.samples_per_step} samples "
         f"({schedule.steps_per_epoch} steps/epoch) on {accelerator.num_processes} x {device}")
 
