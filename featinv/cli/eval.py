@@ -96,11 +96,14 @@ def eval_main(
     if run is None or data is None:
         raise FeatinvError("featinv eval needs --run DIR and --data DIR; see `featinv eval --help`")
     from featinv.evaluation import evaluate
+    from featinv.validation import no_partial_output
 
-    result = evaluate(run, data, out=out or _default_out(run, data, guidance), per_class=per_class,
-                      seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps, scheduler=scheduler,
-                      batch_size=batch_size, evaluate_with=evaluate_with or [], evaluate_weights=evaluate_weights,
-                      fid=fid, limit=limit, overwrite=overwrite, device=device, progress=not quiet)
+    target = out or _default_out(run, data, guidance)
+    with no_partial_output([target]):  # the default folder inside the run is not an --out the root CLI sees
+        result = evaluate(run, data, out=target, per_class=per_class,
+                          seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps, scheduler=scheduler,
+                          batch_size=batch_size, evaluate_with=evaluate_with or [], evaluate_weights=evaluate_weights,
+                          fid=fid, limit=limit, overwrite=overwrite, device=device, progress=not quiet)
     if not result.summary:  # another process of a multi-process launch: rank 0 reports
         return
     if json_output:
@@ -135,11 +138,14 @@ def eval_sweep(
     Example: featinv eval sweep --run runs/convnext --data val/ --guidance 1,1.75,3,5,8 --per-class 2
     """
     from featinv.evaluation import sweep
+    from featinv.validation import no_partial_output
 
     scales = parse_float_list(guidance)
-    result = sweep(run, data, guidance=scales, out=out or _default_out(run, data, None, sub="sweep-"),
-                   per_class=per_class, seeds=parse_int_list(seeds), steps=steps, scheduler=scheduler,
-                   batch_size=batch_size, fid=fid, device=device, progress=not quiet)
+    target = out or _default_out(run, data, None, sub="sweep-")
+    with no_partial_output([target]):
+        result = sweep(run, data, guidance=scales, out=target,
+                       per_class=per_class, seeds=parse_int_list(seeds), steps=steps, scheduler=scheduler,
+                       batch_size=batch_size, fid=fid, device=device, progress=not quiet)
     if json_output:
         console.print_json(json.dumps(result.numbers))
         return
