@@ -256,7 +256,9 @@ class AugmentedCrops(torch.utils.data.Dataset):
             views = crop_views(img, box, self.sizes, hflip=hflip, vflip=vflip)
             views["index"] = torch.tensor(current)
             return views
-        raise FeatinvError("none of the training images could be decoded; check the data folder")
+        example = next((str(i) for i in self.images.items if not isinstance(i, Image.Image)), "")
+        raise FeatinvError(f"none of the {len(self.images)} training images could be decoded (corrupt or truncated"
+                           f"{', e.g. ' + example if example else ''}); replace or remove them")
 
 
 class TensorSamples(torch.utils.data.Dataset):

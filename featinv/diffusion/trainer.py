@@ -570,6 +570,7 @@ def run_training(config: LoopConfig, make_task: Callable[[Any], Task], on_step: 
                            "continue it or choose a new --out folder")
 
     task = make_task(accelerator)
+    task.dataset()[(0, config.seed)]  # decode one sample now: data that cannot be decoded fails before any write
     schedule = Schedule(n=len(task.dataset()), batch_size=config.batch_size,
                         world_size=accelerator.num_processes, grad_accum=config.grad_accum)
     total_steps = schedule.total_steps(config.epochs, config.max_steps)
