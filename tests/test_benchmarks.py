@@ -190,3 +190,14 @@ def test_optimize_channels_last_keeps_outputs_and_compile_is_lazy():
     model.optimize(channels_last=False, compile=True)  # compiles lazily: nothing runs until the next call
     assert model.base.unet._compiled_call_impl is not None and model.controlnet._compiled_call_impl is not None
     assert list(model.controlnet.state_dict()) == keys
+
+
+def test_flop_counts_on_meta_equal_counts_on_cpu():
+    common, flops = _load("common"), _load("flops")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        counted = [flops.sampling_flops(common.build_model(common.ARCHS["tiny"], device), 1.75) for device in ("cpu", "meta")]
+    finally:
+        torch.set_num_threads(threads)
+    assert counted[0] == counted[1] and counted[0]["denoiser_call_per_image_tflop"] > 0
