@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  scheduler=name, batch_size=batch, progress=False, bf16=bf16)
 
     machine = common.machine()
-    unit = common.gpu_precision(precision, device) if device.type == "cuda" else precision
+    unit = common.gpu_precision(precision, device) if device.type == "cuda" else "fp32"  # bf16 autocast: CUDA only
     results: dict[str, Any] = {}
     for name, steps in args.schedules:
         warm = time.perf_counter()

@@ -67,7 +67,14 @@ step() {
     printf '%-5s %-28s %4ss\n' "$([[ $rc == 0 ]] && echo ok || echo FAIL)" "$name" "$((SECONDS - began))" | tee -a "$LOG"
 }
 
-TRAIN=("$PY" benchmarks/bench_train.py --config "$CONFIG" --device "$DEVICE" --num-workers 8)
+# DataLoader workers hand batches over through /dev/shm; a small one (containers) crashes them, so go serial
+WORKERS=8
+SHM_MB=$(df -Pm /dev/shm 2>/dev/null | awk 'NR == 2 {print $4}')
+if [[ -z $SHM_MB || $SHM_MB -lt 2048 ]]; then
+    WORKERS=0
+    [[ -z $DRY ]] && echo "note: /dev/shm has ${SHM_MB:-no} MB free; training benchmarks use --num-workers 0" | tee -a "$LOG"
+fi
+TRAIN=("$PY" benchmarks/bench_train.py --config "$CONFIG" --device "$DEVICE" --num-workers "$WORKERS")
 REC=("$PY" benchmarks/bench_reconstruct.py --config "$CONFIG" --device "$DEVICE" --batch-size 64)
 
 # the targets first, then fp32 and the optional speed-ups
