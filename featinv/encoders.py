@@ -5,7 +5,7 @@ An encoder is a diffusers ``ModelMixin, ConfigMixin`` whose ``__init__`` signatu
 ``C0`` is the first block width of the diffusion UNet and ``(H, W)`` its latent grid. Its last layer is
 zero-initialised so that a fresh FeatInv model starts exactly at the frozen diffusion base.
 
-The built-in encoders (``conv``, ``perceiver``) live in :mod:`featinv.plugins.encoders` and are
+The built-in encoders (``conv``, ``perceiver``) live in :mod:`featinv.plugins.encoder_models` and are
 registered like third-party ones; this module holds the shared base class and how encoders are saved.
 """
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from featinv.errors import FeatinvError
 from featinv.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import torch
 
 
 def sd_base(path_or_id: str | None = None, device: str | torch.device = "cpu"):

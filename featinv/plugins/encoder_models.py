@@ -1,0 +1,118 @@
+"""Built-in feature encoders: ``conv`` (the paper's) and ``perceiver`` (the ablation alternative)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from featinv.encoders import FeatureEncoder
+from featinv.errors import FeatinvError
+
+
+def _check_sizes(in_channels: int, out_channels: int, grid: Sequence[int]) -> None:
+    if in_channels < 1 or out_channels < 1 or len(grid) != 2 or min(grid) < 1:
+        raise FeatinvError(f"encoder sizes must be positive (in_channels={in_channels}, out_channels={out_channels}, "
+                           f"grid={tuple(grid)}); check the backbone layer and diffusion base")
+
+
+class ConvEncoder(FeatureEncoder):
+    """Bilinear upsampling to the latent grid, then conv3×3 → SiLU → conv3×3 → SiLU → zero conv3×3.
+
+    This is the paper's conditional input encoder (hidden width 512 for MiniSD); ``hidden`` is
+    configurable so tests and the CPU demo can use small widths.
+    """
+
+    encoder_name = "conv"
+
+    @register_to_config
+    def __init__(self, in_channels: int, out_channels: int, grid: Sequence[int] = (32, 32), hidden: int = 512) -> None:
+        super().__init__()
+        _check_sizes(in_channels, out_channels, grid)
+        self.conv1 = nn.Conv2d(in_channels, hidden, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
+        self.conv_out = nn.Conv2d(hidden, out_channels, kernel_size=3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # zero-init: training starts from the frozen base
+        nn.init.zeros_(self.conv_out.bias)
+        self.act = nn.SiLU()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.as_grid(features).to(self.conv1.weight.dtype)
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        return self.conv_out(x)
+
+
+def fourier_positions(height: int, width: int, bands: int, device: torch.device) -> torch.Tensor:
+    """``[h*w, 4*bands]`` sin/cos features of normalised (y, x) in [-1, 1], so any grid size maps alike."""
+    ys = torch.linspace(-1.0, 1.0, height, device=device) if height > 1 else torch.zeros(1, device=device)
+    xs = torch.linspace(-1.0, 1.0, width, device=device) if width > 1 else torch.zeros(1, device=device)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    coords = torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=-1)  # [h*w, 2]
+    freqs = math.pi * (2.0 ** torch.arange(bands, device=device, dtype=torch.float32))
+    angles = coords[:, :, None] * freqs  # [h*w, 2, bands]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(coords.shape[0], 4 * bands)
+
+
+class _CrossBlock(nn.Module):
+    """Pre-norm cross-attention plus MLP, both residual."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(context)
+        queries = queries + self.attn(self.norm_q(queries), kv, kv, need_weights=False)[0]
+        return queries + self.mlp(self.norm_mlp(queries))
+
+
+class PerceiverEncoder(FeatureEncoder):
+    """A learned latent array cross-attends to the feature tokens (with 2-D Fourier positions); each
+    latent-grid position then reads the latents out by cross-attention, and a zero-initialised linear
+    layer projects to ``C0``. Unlike ``conv`` it can mix information across the whole feature map.
+    """
+
+    encoder_name = "perceiver"
+
+    @register_to_config
+    def __init__(self, in_channels: int, out_channels: int, grid: Sequence[int] = (32, 32), dim: int = 256,
+                 num_latents: int = 64, heads: int = 4, depth: int = 2, position_bands: int = 8) -> None:
+        super().__init__()
+        _check_sizes(in_channels, out_channels, grid)
+        if dim % heads:
+            raise FeatinvError(f"perceiver dim {dim} is not divisible by heads {heads}; pick e.g. dim={heads * 32}")
+        self.token_proj = nn.Linear(in_channels, dim)
+        self.position_proj = nn.Linear(4 * position_bands, dim)
+        self.latents = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
+        self.encode_blocks = nn.ModuleList([_CrossBlock(dim, heads) for _ in range(depth)])
+        self.query_proj = nn.Linear(4 * position_bands, dim)
+        self.readout = _CrossBlock(dim, heads)
+        self.norm_out = nn.LayerNorm(dim)
+        self.proj_out = nn.Linear(dim, out_channels)
+        nn.init.zeros_(self.proj_out.weight)  # zero-init: training starts from the frozen base
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim == 2:
+            features = features[:, :, None, None]
+        self.as_grid(features[:, :, :1, :1])  # validates shape and channels
+        batch, _, h, w = features.shape
+        features = features.to(self.token_proj.weight.dtype)
+        bands = self.config.position_bands
+        tokens = self.token_proj(features.flatten(2).transpose(1, 2))  # [B, h*w, dim]
+        tokens = tokens + self.position_proj(fourier_positions(h, w, bands, features.device))
+        latents = self.latents.expand(batch, -1, -1)
+        for block in self.encode_blocks:
+            latents = block(latents, tokens)
+        height, width = self.latent_grid
+        queries = self.query_proj(fourier_positions(height, width, bands, features.device)).expand(batch, -1, -1)
+        out = self.proj_out(self.norm_out(self.readout(queries, latents)))  # [B, H*W, C0]
+        return out.transpose(1, 2).reshape(batch, -1, height, width)
