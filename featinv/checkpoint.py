@@ -137,7 +137,11 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
             raise FeatinvError(f"no checkpoint found in {path}; pass a run folder written by `featinv train`")
         path = newest
     state = read_json(path / STATE_FILE, what="checkpoint state")
-    params = load_safetensors(path / WEIGHTS_FILE, device=str(device))
+    try:
+        params = load_safetensors(path / WEIGHTS_FILE, device=str(device))
+    except FeatinvError as exc:  # say which folder to drop: the older checkpoints are still good
+        raise FeatinvError(f"checkpoint {path} is unusable ({str(exc).split(';')[0]}); delete that folder to resume "
+                           "from an older checkpoint") from None
     trainer_file = path / TRAINER_FILE
     if not trainer_file.is_file():
         raise FeatinvError(f"checkpoint {path} lacks {TRAINER_FILE}; resume from an older checkpoint or restart")
