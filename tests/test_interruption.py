@@ -1,0 +1,295 @@
+"""Interrupting real ``featinv`` processes (SIGINT = Ctrl-C, SIGKILL = kill -9), then running the command again.
+
+Each test starts ``python -m featinv ...`` on tiny saved models, waits for a marker that shows progress (a
+checkpoint folder, an ``index.json``, a process blocked half-way through its images), sends the signal and
+checks what is on disk: nothing half-written, nothing that a rerun would redo or duplicate. The rerun runs
+in-process (same command line through ``featinv.cli.main``) to keep the file fast; it must finish the job,
+skip what was finished, and leave the finished files byte-identical.
+
+The demo's stages are reused through ``train_state.json``; that is tested at the API level (a quick demo
+takes minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from featinv.cli import main
+from tests.fixtures_model import TINY_BACKBONE, make_tiny_images, make_tiny_pixel_base, make_tiny_run
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("interrupt")
+    images = make_tiny_images(root / "images", count=6)
+    for label in ("a", "b"):  # an evaluation set with two classes
+        make_tiny_images(root / "val" / label, count=3)
+    return {"root": root, "run": make_tiny_run(root), "base": make_tiny_pixel_base(root, name="base16"),
+            "images": images, "val": root / "val"}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _start(args: list, log: Path) -> subprocess.Popen:
+    """``python -m featinv ARGS`` in the repository, output to ``log``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as handle:
+        return subprocess.Popen([sys.executable, "-m", "featinv", *map(str, args)], cwd=REPO, stdout=handle,
+                                stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float = 150.0) -> None:
+    """Poll ``condition`` until it holds; fail (with the process output) if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"featinv ended (exit {proc.returncode}) before showing progress:\n{log.read_text()[-3000:]}")
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"no progress marker after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _interrupt(proc: subprocess.Popen, sig: int, log: Path) -> int:
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"featinv did not stop after signal {sig}:\n{log.read_text()[-3000:]}")
+
+
+def _pngs(folder: Path) -> dict[str, bytes]:
+    """Every visible PNG (name -> bytes); each must decode completely (no half-written image)."""
+    found = {}
+    for path in sorted(folder.rglob("*.png")):
+        if path.name.startswith("."):
+            continue
+        with Image.open(path) as img:
+            img.load()
+        found[str(path.relative_to(folder))] = path.read_bytes()
+    return found
+
+
+def _temp_leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if ".tmp" in p.name]
+
+
+# ---------------------------------------------------------------------------------------- reconstruct
+
+
+def test_reconstruct_ctrl_c_then_rerun_skips_finished_images(assets, tmp_path, capsys):
+    out = tmp_path / "recon"
+    args = ["reconstruct", "--run", assets["run"], "--images", assets["images"], "--seeds", "0,1", "--steps", "40",
+            "--batch-size", "1", "--out", out, "--quiet"]
+    log = tmp_path / "log.txt"
+    proc = _start(args, log)
+    _wait_for(lambda: (out / "index.json").is_file(), proc, log)
+    assert _interrupt(proc, signal.SIGINT, log) == 130, log.read_text()
+    assert "Traceback" not in log.read_text()
+
+    before = _pngs(out)
+    index = json.loads((out / "index.json").read_text())  # a complete JSON document, never half a file
+    assert 1 <= len(before) < 12, "the signal came too late to test resuming"
+    assert {item["file"] for item in index["items"]} <= set(before)  # the index never lists a missing image
+    assert not _temp_leftovers(out)  # Ctrl-C cleans up the temporary file of the image being written
+
+    main([str(a) for a in args])
+    assert f"wrote {12 - len(before)} images, skipped {len(before)} already done" in capsys.readouterr().out
+    after = _pngs(out)
+    assert len(after) == 12 and all(after[name] == data for name, data in before.items())
+    items = json.loads((out / "index.json").read_text())["items"]
+    assert sorted(item["file"] for item in items) == sorted(after) and len(items) == 12
+
+
+# --------------------------------------------------------------------------------------------- eval
+
+
+def test_eval_kill_9_then_rerun_resumes_without_redoing_images(assets, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", "--run", assets["run"], "--data", assets["val"], "--per-class", "3", "--steps", "40",
+            "--batch-size", "1", "--fid", "none", "--out", out, "--quiet"]
+    log = tmp_path / "log.txt"
+    proc = _start(args, log)
+    _wait_for(lambda: (out / "index.json").is_file(), proc, log)
+    assert _interrupt(proc, signal.SIGKILL, log) == -signal.SIGKILL
+
+    rows_before = {row["key"]: row for row in json.loads((out / "index.json").read_text())["rows"]}
+    images_before = _pngs(out)
+    assert 1 <= len(rows_before) < 6, "the signal came too late to test resuming"
+    assert {row["file"] for row in rows_before.values()} <= set(images_before)
+    assert not (out / "metrics.json").exists()  # nothing claims to be a finished evaluation
+
+    main([str(a) for a in [*args, "--json"]])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["complete"] and summary["n_images"] == 6
+    metrics = json.loads((out / "metrics.json").read_text())
+    keys = [row["key"] for row in metrics["rows"]]
+    assert len(keys) == len(set(keys)) == 6  # nothing lost, nothing twice
+    for row in metrics["rows"]:
+        if row["key"] in rows_before:  # finished before the kill: reused, not recomputed
+            assert row == rows_before[row["key"]]
+    after = _pngs(out)
+    assert len(after) == 6 and all(after[name] == data for name, data in images_before.items())
+
+
+# -------------------------------------------------------------------------------------------- train
+
+
+def _checkpoint_steps(out: Path) -> list[int]:
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "state.json").is_file())
+
+
+def test_train_ctrl_c_and_kill_9_then_resume_loses_and_repeats_nothing(assets, tmp_path, capsys):
+    from featinv.diffusion.model import FeatInv
+
+    out = tmp_path / "train"
+    total = 24
+    args = ["train", "--data", assets["images"], "--out", out, "--backbone", TINY_BACKBONE, "--weights", "none",
+            "--input-size", "64", "--layer", "blocks.4", "--base", f"pixel:{assets['base']}", "--max-steps", total,
+            "--batch-size", "2", "--checkpoint-every", "3", "--keep-checkpoints", "2", "--log-every", "1",
+            "--num-workers", "0", "--val-steps", "1", "--resume"]
+
+    # 1. Ctrl-C after the first checkpoint: the step finishes, a checkpoint + a loadable model are written
+    log = tmp_path / "log1.txt"
+    proc = _start([*args, "--quiet"], log)
+    _wait_for(lambda: bool(_checkpoint_steps(out)), proc, log)
+    assert _interrupt(proc, signal.SIGINT, log) == 130, log.read_text()
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["status"] == "interrupted" and 3 <= state["step"] < total, state
+    stopped = state["step"]
+    assert _checkpoint_steps(out)[-1] == stopped
+    FeatInv.from_pretrained(out)
+
+    # 2. resume, then kill -9 once a later checkpoint exists: only the periodic checkpoints survive
+    log = tmp_path / "log2.txt"
+    proc = _start([*args, "--quiet"], log)
+    _wait_for(lambda: any(step > stopped for step in _checkpoint_steps(out)), proc, log)
+    assert _interrupt(proc, signal.SIGKILL, log) == -signal.SIGKILL
+    *older, killed_at = _checkpoint_steps(out)  # (a kill between saving and rotating may leave an extra one)
+    assert stopped < killed_at and stopped in older
+
+    # 3. the newest checkpoint got damaged (a disk error): resuming says which folder to drop
+    newest = out / "checkpoints" / f"step-{killed_at:08d}"
+    weights = bytearray((newest / "trainable.safetensors").read_bytes())
+    weights[-5] ^= 0xFF
+    (newest / "trainable.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"checkpoint {newest} is unusable" in err and "delete that folder" in err
+    shutil.rmtree(newest)
+
+    # 4. the same command again finishes the run from the newest good checkpoint
+    main([str(a) for a in args])
+    assert f"resuming from {out / 'checkpoints' / f'step-{older[-1]:08d}'}" in capsys.readouterr().out
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["status"] == "complete" and state["step"] == total
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, total + 1))  # every step logged exactly once across four processes
+    assert len(_checkpoint_steps(out)) <= 2 and not _temp_leftovers(out / "checkpoints")
+    FeatInv.from_pretrained(out)
+
+
+# ----------------------------------------------------------------------------------------- concepts
+
+
+def test_concepts_fit_killed_half_way_leaves_no_folder_and_rerun_completes(assets, tmp_path, capsys):
+    """A FIFO named like the last image holds the process inside feature extraction (a known point)."""
+    data = tmp_path / "data"
+    make_tiny_images(data, count=5)
+    fifo = data / "zz_last.png"
+    os.mkfifo(fifo)
+    out = tmp_path / "concepts"
+    args = ["concepts", "fit", "--backbone", TINY_BACKBONE, "--weights", "none", "--input-size", "64", "--layer",
+            "blocks.4", "--data", data, "--n-concepts", "2", "--batch-size", "2", "--out", out, "--quiet"]
+    log = tmp_path / "log.txt"
+    proc = _start(args, log)
+    writer: dict[str, int] = {}
+
+    def reading_the_fifo() -> bool:
+        try:  # succeeds only once the process has opened the FIFO: two batches are done, it waits for the third
+            writer["fd"] = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            return True
+        except OSError:
+            return False
+
+    _wait_for(reading_the_fifo, proc, log)
+    try:
+        assert _interrupt(proc, signal.SIGKILL, log) == -signal.SIGKILL
+    finally:
+        os.close(writer["fd"])
+    assert not out.exists() and not [p for p in tmp_path.glob(".concepts*")]  # no half-written concepts folder
+
+    fifo.unlink()
+    make_tiny_images(tmp_path / "one", count=1)
+    (tmp_path / "one" / "img0.png").rename(fifo)  # the last image is now a real one
+    main([str(a) for a in args])
+    capsys.readouterr()
+    from featinv.concepts import load_decomposer
+
+    decomposer = load_decomposer(out)
+    assert decomposer.meta["n_images"] == 6 and decomposer.channels == 112
+
+
+# --------------------------------------------------------------------------------------------- demo
+
+
+def test_demo_rerun_reuses_finished_stages_and_resumes_interrupted_ones(tmp_path, monkeypatch):
+    """A demo killed after its base stage: the rerun reuses the base, and redoes (resuming) an unfinished stage."""
+    import featinv.diffusion.trainer as trainer
+    from featinv import demo
+
+    settings = demo.DemoSettings(base_steps=2, base_batch=2, seed=0)
+    photos = [Image.open(p).convert("RGB") for p in sorted(make_tiny_images(tmp_path / "photos", count=2).iterdir())]
+    base_dir = demo._train_base(tmp_path, photos, settings, quiet=True)  # a real (tiny) base stage
+    assert trainer.training_status(base_dir)["status"] == "complete"
+    weights = (base_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+    calls: list = []
+    monkeypatch.setattr(trainer, "train_base", lambda config, **kw: calls.append(config))
+    monkeypatch.setattr(trainer, "train", lambda config, **kw: calls.append(config))
+    assert demo._train_base(tmp_path, photos, settings, quiet=True) == base_dir and calls == []  # reused
+    assert (base_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+
+    # a FeatInv stage that a kill left unfinished ("running" / "interrupted") is trained again, with resume
+    for status in ("running", "interrupted"):
+        run_dir = tmp_path / "featinv-unpooled"
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / "train_state.json").write_text(json.dumps({"status": status, "step": 1}))
+        demo._train_featinv(tmp_path, base_dir, photos, False, settings, quiet=True)
+        assert calls[-1].resume is True and Path(calls[-1].out) == run_dir
+    (run_dir / "train_state.json").write_text(json.dumps({"status": "complete", "step": 450}))
+    calls.clear()
+    demo._train_featinv(tmp_path, base_dir, photos, False, settings, quiet=True)
+    assert calls == []
