@@ -220,6 +220,19 @@ def test_train_ctrl_c_and_kill_9_then_resume_loses_and_repeats_nothing(assets, t
     assert len(_checkpoint_steps(out)) <= 2 and not _temp_leftovers(out / "checkpoints")
     FeatInv.from_pretrained(out)
 
+    # 5. the folder now holds a run for blocks.4: resuming it for another layer, or a fresh start, is refused
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    for changed, message in ((["--layer", "blocks.5"], "settings changed (layer)"),
+                             ([], "already holds a training run")):
+        command = [str(a) for a in args] + changed
+        if not changed:
+            command.remove("--resume")
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err, err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == files  # nothing touched
+
 
 # ----------------------------------------------------------------------------------------- concepts
 
