@@ -19,7 +19,7 @@ from typing import Any
 
 from featinv.errors import FeatinvError
 
-__all__ = ["check_finite", "check_guidance", "no_partial_output", "output_paths"]
+__all__ = ["check_finite", "check_guidance", "check_seeds", "no_partial_output", "output_paths"]
 
 #: command-line options whose value is a path the command writes to
 OUTPUT_OPTIONS = ("--out", "-o")
@@ -84,6 +84,24 @@ def check_guidance(value: Any, name: str = "guidance scale") -> float:
         raise FeatinvError(f"{name} must be a finite number >= 0, got {value!r}; pass e.g. --guidance 1.75 "
                            "(the paper: 1.75 unpooled, 8 pooled)")
     return number
+
+
+def check_seeds(seeds: Any) -> list[int]:
+    """One seed or a sequence of them as a list of ints; 1.5, "a" or True are refused, not silently cast."""
+    import numbers
+
+    values = [seeds] if isinstance(seeds, (numbers.Number, str)) else list(seeds)
+    checked = []
+    for value in values:
+        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy / torch scalars
+            value = value.item()
+        integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral:
+            raise FeatinvError(f"seed {value!r} is not an integer; pass integer seeds, e.g. 0,1,2")
+        checked.append(int(value))
+    if not checked:
+        raise FeatinvError("no seeds given; pass at least one integer seed, e.g. 0")
+    return checked
 
 
 def check_finite(tensor: Any, what: str, fix: str) -> None:

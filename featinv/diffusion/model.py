@@ -24,6 +24,7 @@ from featinv.diffusion.sampler import denoise
 from featinv.encoders import build_encoder
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, read_json, write_json
+from featinv.validation import check_guidance, check_seeds
 
 CONFIG_NAME = "config.json"
 CONTROLNET_DIR = "controlnet"
@@ -275,12 +276,12 @@ class FeatInv:
             features = self.features(images)
         features = self._conditioning(torch.as_tensor(features))
         n = features.shape[0]
-        seeds = [int(s) for s in ([seeds] if isinstance(seeds, int) else list(seeds))]
+        seeds = check_seeds(seeds)
         if len(seeds) == 1:
             seeds = seeds * n
         if len(seeds) != n:
             raise FeatinvError(f"got {len(seeds)} seeds for {n} feature maps; pass one seed per map or a single seed")
-        guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        guidance = self.guidance_scale if guidance_scale is None else check_guidance(guidance_scale)
         sampler = self.base.make_scheduler(scheduler)
         latent_shape = (self.base.latent_channels, self.base.latent_size, self.base.latent_size)
         chunks = range(0, n, batch_size)
