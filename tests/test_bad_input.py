@@ -362,3 +362,19 @@ def test_no_partial_output_keeps_folders_with_files_and_interrupts(tmp_path):
         stopped.mkdir()
         raise KeyboardInterrupt
     assert stopped.exists()                 # an interrupt keeps everything for the rerun
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seeds": [1.5]}, "seed 1.5 is not an integer"),
+    ({"seeds": ["a"]}, "seed 'a' is not an integer"),
+    ({"seeds": []}, "no seeds given"),
+    ({"guidance_scale": -1.0}, "guidance scale must be a finite number >= 0"),
+    ({"guidance_scale": float("nan")}, "guidance scale must be a finite number >= 0"),
+    ({"steps": 0}, "must be at least 1"),
+    ({"batch_size": 0}, "must be at least 1"),
+    ({"scheduler": "ddimm"}, "unknown scheduler 'ddimm'"),
+])
+def test_api_reconstruct_refuses_bad_numbers(model, kwargs, message):
+    info = model.backbone.info
+    with pytest.raises(FeatinvError, match=message):
+        model.reconstruct(features=torch.zeros(1, info.channels, *info.grid), **{"steps": 1, "progress": False, **kwargs})
