@@ -274,6 +274,9 @@ class PixelBase(DiffusionBase):
         widths = tuple(int(w) for w in widths)
         if len(widths) < 2:
             raise FeatinvError(f"pixel base needs at least two block widths, got {widths}; e.g. widths=(32, 64, 64)")
+        if min(widths) < attention_head_dim:
+            raise FeatinvError(f"pixel base block widths {widths} must each be at least {attention_head_dim} (the "
+                               "attention head size); e.g. widths=(32, 64, 64)")
         if resolution % (2 ** (len(widths) - 1)):
             raise FeatinvError(f"resolution {resolution} is not divisible by {2 ** (len(widths) - 1)} "
                                f"({len(widths)} blocks halve it); pick e.g. 32")
