@@ -496,6 +496,9 @@ def backbone(spec: str, layer: str | None = None, weights: str = "pretrained", i
 
     if not isinstance(spec, str) or not spec:
         raise FeatinvError("backbone spec must be a string like timm:convnext_base or torchvision:resnet50")
+    from featinv.validation import check_device
+
+    check_device(device)  # before any model is built: a missing GPU is one line, not a driver error
     return create_backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device)
 
 

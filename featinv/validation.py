@@ -19,7 +19,7 @@ from typing import Any
 
 from featinv.errors import FeatinvError
 
-__all__ = ["check_finite", "check_guidance", "check_seeds", "no_partial_output", "output_paths"]
+__all__ = ["check_device", "check_finite", "check_guidance", "check_seeds", "no_partial_output", "output_paths"]
 
 #: command-line options whose value is a path the command writes to
 OUTPUT_OPTIONS = ("--out", "-o")
@@ -84,6 +84,25 @@ def check_guidance(value: Any, name: str = "guidance scale") -> float:
         raise FeatinvError(f"{name} must be a finite number >= 0, got {value!r}; pass e.g. --guidance 1.75 "
                            "(the paper: 1.75 unpooled, 8 pooled)")
     return number
+
+
+def check_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` that exists on this machine (a missing GPU is one line, not a driver error)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FeatinvError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FeatinvError(f"device {device!r} needs a CUDA GPU, but none is available here; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise FeatinvError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                               "GPU(s); use cuda:0 .. cuda:N-1")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise FeatinvError(f"device {device!r} (Apple GPU) is not available here; use --device cpu")
+    return parsed
 
 
 def check_seeds(seeds: Any) -> list[int]:

@@ -482,6 +482,10 @@ def _make_accelerator(config: LoopConfig, out: Path):
     if config.device not in (None, "cpu") and not str(config.device).startswith("cuda"):
         raise FeatinvError(f"device {config.device!r} unsupported for training; use cpu or cuda "
                            "(several GPUs: `accelerate launch -m featinv train ...`)")
+    if config.device is not None:
+        from featinv.validation import check_device
+
+        check_device(config.device)  # "cuda" on a machine without a GPU would silently train on the CPU
     if config.mixed_precision == "fp16" and cpu:
         raise FeatinvError("fp16 mixed precision needs a GPU; use --mixed-precision bf16 or no on a CPU")
     log_with = None
