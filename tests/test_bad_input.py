@@ -194,6 +194,10 @@ CASES: list[tuple[str, Callable[[A, Path], list], str]] = [
      "resolution must be 32 or 64"),
     ("base-widths", lambda a, o: ["base", "train", "--data", a["images"], "--out", o, "--widths", "8,x"],
      "must be integers separated by commas"),
+    ("base-widths-small", lambda a, o: ["base", "train", "--data", a["images"], "--out", o, "--widths", "4,4"],
+     "must each be at least 8 (the attention head size)"),
+    ("device-name", lambda a, o: ["reconstruct", "--run", a["run"], "--images", a["images"], "--out", o,
+                                  "--device", "gpu0"], "device 'gpu0' is not a torch device"),
     ("attenuate-negative", lambda a, o: ["viz", "concept", "--run", a["run"], "--concepts", a["concepts"], "--image",
                                          a["image"], "--out", o, "--attenuate", "-0.5"], "attenuate must be a number >= 0"),
     ("steering-n-zero", lambda a, o: ["viz", "concept", "--run", a["run"], "--concepts", a["concepts"], "--image",
@@ -275,6 +279,20 @@ def test_output_folder_not_writable(command, assets, tmp_path, capsys, monkeypat
                      "--n-concepts", "2", "--quiet"],
     }[command]
     _expect_error(args, "not writable", capsys, tmp_path, assets["root"])
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+@pytest.mark.parametrize("command", [
+    lambda a, o: ["layers", TINY_BACKBONE, "--device", "cuda"],
+    lambda a, o: ["reconstruct", "--run", a["run"], "--images", a["images"], "--out", o, "--device", "cuda"],
+    lambda a, o: ["train", "--data", a["images"], "--out", o, *BB, "--base", f"pixel:{a['base']}", "--device", "cuda"],
+    lambda a, o: ["concepts", "fit", *BB, "--data", a["images"], "--out", o, "--device", "cuda:1"],
+], ids=["layers", "reconstruct", "train", "concepts"])
+def test_gpu_device_without_a_gpu(command, assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    _expect_error(command(assets, out), "needs a CUDA GPU, but none is available here; use --device cpu", capsys,
+                  tmp_path, assets["root"])
     assert not out.exists()
 
 
