@@ -145,6 +145,8 @@ CASES: list[tuple[str, Callable[[A, Path], list], str]] = [
                                         "--quiet"], "training images could be decoded (corrupt or truncated"),
     ("data-broken-eval", lambda a, o: ["eval", "--run", a["run"], "--data", a["broken"], "--out", o, "--steps", "1",
                                        "--fid", "none", "--quiet"], "is not a readable image"),
+    ("data-broken-eval-default-out", lambda a, o: ["eval", "--run", a["run"], "--data", a["broken"], "--steps", "1",
+                                                   "--fid", "none", "--quiet"], "is not a readable image"),
     ("image-truncated-show", lambda a, o: ["concepts", "show", "--concepts", a["concepts"], "--image",
                                            a["broken"] / "truncated.png", "--out", f"{o}.png"], "not a readable image"),
     # run folders: missing / corrupt config or weights, trained for another layer
