@@ -348,3 +348,17 @@ def test_every_file_write_goes_through_featinv_io():
             if (rel, kind) not in ALLOWED_RAW_WRITES:
                 found.append(f"{rel}:{node.lineno} {kind}")
     assert not found, "files written without featinv.io (not atomic): " + ", ".join(found)
+
+
+def test_metrics_log_of_an_attempt_killed_before_its_first_checkpoint_is_not_repeated(assets, tmp_path):
+    """kill -9 before the first checkpoint leaves log lines (one cut in half); the restart logs each step once."""
+    from featinv.diffusion.trainer import BaseTrainConfig, train_base
+
+    out = tmp_path / "base"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n{"step": 3, "lo')
+    train_base(BaseTrainConfig(data=assets["images"], out=out, resolution=32, widths=(8, 16), batch_size=2,
+                               max_steps=2, log_every=1, checkpoint_every=100, num_workers=0, progress=False,
+                               val_steps=1, num_val_images=1, resume=True))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["loss"] < 8.0 for r in records)
