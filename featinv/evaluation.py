@@ -587,9 +587,8 @@ def _cross_markdown(summaries: Sequence[dict[str, Any]]) -> str:
 
 def rich_table(summaries: Sequence[dict[str, Any]], title: str = "FeatInv evaluation") -> Any:
     """The Table 1 layout as a rich Table (printed by the CLI)."""
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     header, rows = _table_rows(summaries)
     table = Table(title=title)
