@@ -109,7 +109,13 @@ def check_seeds(seeds: Any) -> list[int]:
     """One seed or a sequence of them as a list of ints; 1.5, "a" or True are refused, not silently cast."""
     import numbers
 
-    values = [seeds] if isinstance(seeds, (numbers.Number, str)) else list(seeds)
+    if isinstance(seeds, (numbers.Number, str)) or getattr(seeds, "ndim", None) == 0:
+        values = [seeds]
+    else:
+        try:
+            values = list(seeds)
+        except TypeError:
+            raise FeatinvError(f"seeds must be an integer or a list of integers, got {type(seeds).__name__}") from None
     checked = []
     for value in values:
         if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy / torch scalars

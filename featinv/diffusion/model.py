@@ -24,7 +24,7 @@ from featinv.diffusion.sampler import denoise
 from featinv.encoders import build_encoder
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, read_json, write_json
-from featinv.validation import check_guidance, check_seeds
+from featinv.validation import check_finite, check_guidance, check_seeds
 
 CONFIG_NAME = "config.json"
 CONTROLNET_DIR = "controlnet"
@@ -230,9 +230,8 @@ class FeatInv:
             raise FeatinvError(f"features must be [N,{entry['channels']},h,w] from {entry['spec']} layer {entry['layer']}, "
                                f"got shape {tuple(features.shape)}; compute them with model.features(images)")
         features = features.to(self.device, torch.float32)
-        if not bool(torch.isfinite(features).all()):
-            raise FeatinvError(f"features contain {int((~torch.isfinite(features)).sum())} NaN or infinite values; "
-                               "check the backbone weights and the input images (or the edit applied to the map)")
+        check_finite(features, "features", "check the backbone weights and the input images (or the edit applied "
+                     "to the map)")
         if self.pooled:  # idempotent for maps that are already pooled
             features = features.mean(dim=(2, 3), keepdim=True).expand_as(features)
         return features
