@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,13 +40,13 @@ CROP_SCALE = (0.1, 0.75)  # area fraction of each photo a crop covers (about 30-
 class DemoSettings:
     """How much work each stage does; ``quick()`` keeps every stage and output, with fewer steps."""
 
-    base_steps: int = 800
+    base_steps: int = 450
     base_batch: int = 32
     base_lr: float = 1e-3
-    featinv_steps: int = 450
+    featinv_steps: int = 270
     featinv_batch: int = 32
     featinv_lr: float = 1e-3
-    encoder_width: int = 64
+    encoder_width: int = 128
     crops_per_photo: int = 372          # ≈ 4,096 cached training crops from 11 photos
     held_out: int = 32
     sample_steps: int = 25
@@ -153,6 +154,7 @@ def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, 
     Finished stages (trained base and models, evaluated images) are reused, so rerunning after an
     interruption continues where it stopped. Same ``seed`` → same numbers.
     """
+    from featinv.analyses import FeatureShiftWarning
     from featinv.analyses.compose import compose
     from featinv.analyses.interpolation import interpolate
     from featinv.analyses.steering import steer_concepts
@@ -207,6 +209,7 @@ def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, 
     unpooled = models["unpooled"]
     common = {"steps": settings.sample_steps, "seed": settings.seed, "progress": not quiet}
     image_a, image_b = held_out[0][1], held_out[1][1]
+    warnings.simplefilter("ignore", FeatureShiftWarning)  # collected in each result's .warnings, shown in the report
     steering = steer_concepts(unpooled, decomposer, [image_a], out / "analyses" / "steering",
                               n=settings.steering_pairs, **common)
     interpolation = interpolate(unpooled, image_a, image_b, out / "analyses" / "interpolation", **common)
@@ -259,7 +262,7 @@ def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, 
         Section("Concept steering (FeatInv-Viz)", [
             f"MCD concepts fitted on {settings.concept_images} training crops; each concept attenuated to 25%, "
             f"{settings.steering_pairs} seed pairs, median RGB distance, threshold 0.33; shown next to the "
-            "coarse concept activation map and GradCAM."], figures=[figures["steering"]]),
+            "coarse concept activation map and GradCAM.", *steering.warnings], figures=[figures["steering"]]),
         Section("Interpolation", ["Convex combinations of two feature maps, one reconstruction each "
                                   "(same seed), cosine similarity to each image."], figures=[figures["interpolation"]]),
         Section("Spatial composition", ["The top-left region of A's feature map replaced by B's."],
