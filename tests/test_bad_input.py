@@ -398,3 +398,19 @@ def test_api_reconstruct_refuses_bad_numbers(model, kwargs, message):
     info = model.backbone.info
     with pytest.raises(FeatinvError, match=message):
         model.reconstruct(features=torch.zeros(1, info.channels, *info.grid), **{"steps": 1, "progress": False, **kwargs})
+
+
+def test_one_line_in_a_real_process_too(assets, tmp_path):
+    """Outside pytest's capture (no terminal, default console width) the error is still one line, exit 2."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "deep" / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "featinv", "reconstruct", "--run", str(assets["run"]), "--images", str(assets["images"]),
+         "--out", str(out), "--seeds", "0,1.5"], capture_output=True, text=True, check=False,
+        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "COLUMNS": "40"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+    assert "must be integers separated by commas" in result.stderr and result.stdout == ""
+    assert not (tmp_path / "deep").exists()
