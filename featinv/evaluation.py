@@ -363,10 +363,19 @@ def evaluate(
     kept: dict[str, Image.Image] = {}
 
     batches = list(_chunks(pending, batch_size))
+    unreadable: dict[str, str] = {}  # corrupt / truncated sources: skipped and counted, like train and concepts
     for batch in progress_bar(batches, description="reconstructing", enabled=progress):
-        pils = [src.image() for src, _ in batch]
-        rows = _reconstruct_batch(model, pils, batch, guidance, steps, scheduler, batch_size, extra)
-        for (src, seed), (row, img) in zip(batch, rows, strict=True):
+        pils, readable = [], []
+        for src, seed in batch:
+            try:
+                pils.append(src.image())
+                readable.append((src, seed))
+            except FeatinvError as exc:
+                unreadable[src.name] = str(exc)
+        if not readable:
+            continue
+        rows = _reconstruct_batch(model, pils, readable, guidance, steps, scheduler, batch_size, extra)
+        for (src, seed), (row, img) in zip(readable, rows, strict=True):
             key = f"{src.name}#s{seed}"
             row.update({"key": key, "source": src.name, "class": src.label, "seed": seed})
             if out_dir is not None:
@@ -377,6 +386,9 @@ def evaluate(
             my_rows[key] = row
         if index_path is not None:
             write_json(index_path, {"version": INDEX_VERSION, "settings": settings, "rows": list(my_rows.values())})
+    if unreadable and not my_rows:
+        raise FeatinvError(f"none of the {len(unreadable)} images could be read ({next(iter(unreadable.values()))}); "
+                           "pass a folder of readable images")
     barrier()
     if rank != 0:
         return EvalResult(summary={}, rows=list(my_rows.values()), out=out_dir)
@@ -389,7 +401,10 @@ def evaluate(
         images = [kept[r["key"]] if r["key"] in kept else Image.open(out_dir / r["file"]).convert("RGB")  # type: ignore[operator]
                   for r in rows]
 
-    summary = _summarise(rows, settings, label, complete=len(rows) == len(jobs), n_sources=len(sources))
+    expected = sum(1 for src, _ in jobs if src.name not in unreadable)
+    summary = _summarise(rows, settings, label, complete=len(rows) == expected, n_sources=len(sources))
+    if unreadable:
+        summary["skipped_unreadable"] = sorted(unreadable)
     if space is not None and len(rows) >= 2:
         resolution = int(getattr(model.base, "resolution", 256))
         by_name = {s.name: s for s in sources}

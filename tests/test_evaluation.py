@@ -169,3 +169,16 @@ def test_compare_reads_runs_and_eval_folders(runs, data, tmp_path) -> None:
     assert "g=1.75 dog" in same and "g=3 dog" in same
     with pytest.raises(FeatinvError, match="no metrics.json"):
         evaluation.compare([tmp_path])
+
+
+def test_corrupt_and_truncated_images_are_skipped_and_counted(runs, tmp_path) -> None:
+    root = tmp_path / "mixed"
+    make_tiny_images(root / "cat", count=2)
+    (root / "cat" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    png = (root / "cat" / "img0.png").read_bytes()
+    (root / "cat" / "truncated.png").write_bytes(png[: len(png) // 3])
+    result = evaluation.evaluate(runs["unpooled"], root, out=tmp_path / "eval", per_class=None, **FAST)
+    assert result.summary["n_images"] == 2 and result.summary["complete"]
+    assert result.summary["skipped_unreadable"] == ["cat/corrupt.png", "cat/truncated.png"]
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]
+    assert saved["skipped_unreadable"] == result.summary["skipped_unreadable"]
