@@ -119,23 +119,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def denoiser_flops(model: Any, guidance: float, bf16: bool, n: int) -> dict[str, float]:
     """FLOPs per image of one denoiser call (CFG: both branches, one batched call) and of the VAE decode,
     counted on ``n`` images of the real model (FLOPs are linear in the batch)."""
-    from featinv.diffusion.sampler import guided_prediction
-
-    base, device = model.base, model.device
-    info = model.backbone.info
-    feats = torch.randn(n, info.channels, *info.grid, device=device)
-    latents = torch.randn(n, base.latent_channels, base.latent_size, base.latent_size, device=device)
-    cond = base.prompt_embeddings(torch.zeros(n, dtype=torch.bool))
-    uncond = base.prompt_embeddings(torch.ones(n, dtype=torch.bool))
-    t = torch.tensor(500, device=device)
+    call_with = common.denoiser_call(model, n)
+    latents = common.random_latents(model, n)
+    device = model.device
 
     def call() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            guided_prediction(base.unet, model.controlnet, latents, t, feats, cond, uncond, guidance)
+            call_with(guidance)
 
     with torch.inference_mode():
         return {"denoiser_call_per_image": common.count_flops(call) / n,
-                "vae_decode_per_image": common.count_flops(lambda: base.decode(latents)) / n}
+                "vae_decode_per_image": common.count_flops(lambda: model.base.decode(latents)) / n}
 
 
 def attention_kind(model: Any) -> str:

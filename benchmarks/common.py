@@ -158,6 +158,30 @@ def peak_memory(device: str | torch.device) -> dict[str, float]:
 
 # ---- FLOPs ----------------------------------------------------------------------------------------
 
+def denoiser_call(model: Any, n: int) -> Callable[[float], Any]:
+    """One guided denoiser call on ``n`` random latents/feature maps of ``model`` (guidance → output).
+
+    The unit both the reconstruction benchmark and the FLOP counter measure: ControlNet + UNet, with CFG as
+    one batched call of 2n when guidance != 1.
+    """
+    from featinv.diffusion.sampler import guided_prediction
+
+    base, device = model.base, model.device
+    info = model.backbone.info
+    feats = torch.randn(n, info.channels, *info.grid, device=device)
+    latents = torch.randn(n, base.latent_channels, base.latent_size, base.latent_size, device=device)
+    cond = base.prompt_embeddings(torch.zeros(n, dtype=torch.bool))
+    uncond = base.prompt_embeddings(torch.ones(n, dtype=torch.bool))
+    t = torch.tensor(500, device=device)
+    return lambda guidance: guided_prediction(base.unet, model.controlnet, latents, t, feats, cond, uncond, guidance)
+
+
+def random_latents(model: Any, n: int) -> torch.Tensor:
+    """``n`` random latents of the model's base (for timing or counting the VAE decode)."""
+    base = model.base
+    return torch.randn(n, base.latent_channels, base.latent_size, base.latent_size, device=model.device)
+
+
 @contextlib.contextmanager
 def counting_flops() -> Iterator[Any]:
     """``FlopCounterMode`` with attention forced onto the math path, so attention is counted on every device

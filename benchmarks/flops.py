@@ -84,22 +84,13 @@ def training_step_flops(model: Any, batch: int, seed: int) -> dict[str, float]:
 
 def sampling_flops(model: Any, guidance: float, n: int = 2) -> dict[str, float]:
     """Per image: one denoiser call with CFG (one batched call of 2n), without CFG, and the VAE decode."""
-    from featinv.diffusion.sampler import guided_prediction
-
-    base, device = model.base, model.device
-    info = model.backbone.info
-    feats = torch.randn(n, info.channels, *info.grid, device=device)
-    latents = torch.randn(n, base.latent_channels, base.latent_size, base.latent_size, device=device)
-    cond = base.prompt_embeddings(torch.zeros(n, dtype=torch.bool))
-    uncond = base.prompt_embeddings(torch.ones(n, dtype=torch.bool))
-    t = torch.tensor(500, device=device)
+    call_with = common.denoiser_call(model, n)
+    latents = common.random_latents(model, n)
     model.controlnet.eval()
     with torch.inference_mode():
-        cfg = common.count_flops(lambda: guided_prediction(base.unet, model.controlnet, latents, t, feats, cond,
-                                                           uncond, guidance))
-        plain = common.count_flops(lambda: guided_prediction(base.unet, model.controlnet, latents, t, feats, cond,
-                                                             uncond, 1.0))
-        decode = common.count_flops(lambda: base.decode(latents))
+        cfg = common.count_flops(lambda: call_with(guidance))
+        plain = common.count_flops(lambda: call_with(1.0))
+        decode = common.count_flops(lambda: model.base.decode(latents))
     return {"denoiser_call_cfg_per_image_tflop": common.sig(cfg / n / TFLOP),
             "denoiser_call_per_image_tflop": common.sig(plain / n / TFLOP),
             "vae_decode_per_image_tflop": common.sig(decode / n / TFLOP)}
