@@ -24,13 +24,7 @@ BB = ["--backbone", TINY_BACKBONE, "--weights", "none", "--input-size", str(TINY
 WEIGHTS = "controlnet/diffusion_pytorch_model.safetensors"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are dominated by thread start-up; one thread is faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flip_byte(path: Path) -> None:

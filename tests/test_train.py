@@ -25,13 +25,7 @@ from tests.fixtures_model import TINY_BACKBONE, TINY_INPUT_SIZE, make_tiny_image
 FAST = {"num_workers": 0, "progress": False, "val_steps": 2, "num_val_images": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions are dominated by thread start-up; one thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
