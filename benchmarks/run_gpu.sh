@@ -62,9 +62,15 @@ step() {
     local began=$SECONDS
     echo "== $name: $*" >>"$LOG"
     timeout --kill-after=15 "$left" "$@" 2>>"$LOG" | tee -a "$LOG" | grep '^{' >>"$RESULTS"
-    local rc=${PIPESTATUS[0]}
-    ((rc == 0)) || FAILED+=("$name (exit $rc)")
-    printf '%-5s %-28s %4ss\n' "$([[ $rc == 0 ]] && echo ok || echo FAIL)" "$name" "$((SECONDS - began))" | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]} status=ok
+    if ((rc == 124 || rc == 137)); then
+        status=STOP
+        FAILED+=("$name (stopped at the time budget)")
+    elif ((rc != 0)); then
+        status=FAIL
+        FAILED+=("$name (exit $rc)")
+    fi
+    printf '%-5s %-28s %4ss\n' "$status" "$name" "$((SECONDS - began))" | tee -a "$LOG"
 }
 
 # DataLoader workers hand batches over through /dev/shm; a small one (containers) crashes them, so go serial
@@ -77,14 +83,15 @@ fi
 TRAIN=("$PY" benchmarks/bench_train.py --config "$CONFIG" --device "$DEVICE" --num-workers "$WORKERS")
 REC=("$PY" benchmarks/bench_reconstruct.py --config "$CONFIG" --device "$DEVICE" --batch-size 64)
 
-# the targets first, then fp32 and the optional speed-ups
+# the targets first, then what the optimisations buy, then fp32, then the optional ones
 step reconstruct-bf16 60 "${REC[@]}" --precision bf16 --schedules ddim:50 dpm++:20 --warmup 1 --repeats 3
 step train-b64-bf16 75 "${TRAIN[@]}" --mode ours --mixed-precision bf16 --batch-size 64 --steps 20 --warmup 3 --images 256
 step train-b8-bf16 60 "${TRAIN[@]}" --mode ours --mixed-precision bf16 --batch-size 8 --steps 30 --warmup 5 --images 64
+step reconstruct-bf16-cl 60 "${REC[@]}" --precision bf16 --channels-last --schedules ddim:50 --warmup 1 --repeats 3
+step profile 90 "$PY" benchmarks/profile_gpu.py --config "$CONFIG" --device "$DEVICE" --train-batches 8 --steps 2
 step train-b8-fp32 60 "${TRAIN[@]}" --mode ours --mixed-precision no --batch-size 8 --steps 20 --warmup 3 --images 64
 step train-b64-fp32 75 "${TRAIN[@]}" --mode ours --mixed-precision no --batch-size 64 --steps 10 --warmup 2 --images 256
 step reconstruct-fp32 60 "${REC[@]}" --precision fp32 --schedules ddim:50 --warmup 1 --repeats 2
-step reconstruct-bf16-cl 50 "${REC[@]}" --precision bf16 --channels-last --schedules ddim:50 --warmup 1 --repeats 3
 # FLOPs on the meta device (CPU only, no GPU memory) + peak fractions of the training rates measured above
 step flops 45 "$PY" benchmarks/flops.py --config "$CONFIG" --device meta --batch-sizes 8 64 --results "$RESULTS"
 # only if time is left: torch.compile (minutes of compilation, reported as warmup_s), the naive loop

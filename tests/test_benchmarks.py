@@ -62,6 +62,24 @@ def test_bench_reconstruct_tiny_cpu(tmp_path):
     assert _json_lines(out.read_text()) == [report]
 
 
+def test_profile_tiny_cpu(tmp_path):
+    out = tmp_path / "p.jsonl"
+    proc = _run([sys.executable, "benchmarks/profile_gpu.py", "--config", "tiny", "--device", "cpu",
+                 "--train-batches", "2", "--batch-size", "2", "--steps", "1", "--top", "3", "--threads", "1",
+                 "--jsonl", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (report,) = _json_lines(proc.stdout)
+    assert report["benchmark"] == "profile" and report["settings"]["bf16"] is False
+    assert list(report["train"]) == ["batch 2"] and list(report["denoiser"]) == ["fp32", "+ channels_last"]
+    for result in [*report["train"].values(), *report["denoiser"].values()]:
+        assert result["wall_s"] > 0 and result["host_self_s"] > 0 and len(result["top"]) == 3
+        assert "kernel_busy_s" not in result  # no GPU: no kernel time to report
+    assert report["train"]["batch 2"]["samples_per_s"] == pytest.approx(2 / report["train"]["batch 2"]["wall_s"], rel=1e-2)
+    # each finished measurement is also reported at once on stderr (kept when a run is stopped at its limit)
+    assert proc.stderr.count("# train batch 2:") == 1 and proc.stderr.count("# denoiser ") == 2
+    assert _json_lines(out.read_text()) == [report]
+
+
 def test_flops_tiny_meta_with_results(tmp_path):
     results = tmp_path / "runs.jsonl"
     train = {"benchmark": "train", "config": "tiny", "device": "cuda", "machine": {"gpu": H100},
@@ -97,7 +115,7 @@ def test_run_gpu_steps_parse_with_the_scripts_parsers(monkeypatch):
     steps = dict(line.split(": ", 1) for line in proc.stdout.splitlines())
     assert {"reconstruct-bf16", "train-b64-bf16", "train-b8-bf16", "train-b8-fp32", "train-b64-fp32", "flops"} <= set(steps)
     parsers = {"bench_reconstruct.py": _load("bench_reconstruct").build_parser(),
-               "flops.py": _load("flops").build_parser()}
+               "flops.py": _load("flops").build_parser(), "profile_gpu.py": _load("profile_gpu").build_parser()}
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
