@@ -186,6 +186,8 @@ CASES: list[tuple[str, Callable[[A, Path], list], str]] = [
     ("lr-zero", lambda a, o: ["train", "--data", a["images"], "--out", o, *BB, "--lr", "0"], "lr must be positive"),
     ("precision", lambda a, o: ["train", "--data", a["images"], "--out", o, *BB, "--mixed-precision", "fp8"],
      "mixed precision 'fp8' unknown"),
+    ("features-from", lambda a, o: ["train", "--data", a["images"], "--out", o, *BB, "--features-from", "pixels"],
+     "features-from 'pixels' unknown; use one of crop, target"),
     ("base-resolution", lambda a, o: ["base", "train", "--data", a["images"], "--out", o, "--resolution", "48"],
      "resolution must be 32 or 64"),
     ("base-widths", lambda a, o: ["base", "train", "--data", a["images"], "--out", o, "--widths", "8,x"],

@@ -234,3 +234,35 @@ def test_train_cli_with_cached_features(assets, tmp_path):
     assert list(out.glob("feature_cache-*.safetensors"))
     assert FeatInv.from_pretrained(out).config["backbone"]["spec"] == TINY_BACKBONE
     assert _cli([*args[:-1], "--mixed-precision", "fp8"]) == 2
+
+
+def test_features_from_target_conditions_on_what_the_backbone_sees_of_the_base_image(assets, tmp_path):
+    """``features_from="target"``: the cached features are the backbone's view of the base-resolution image
+    (resized up to its input, as it sees a reconstruction), not of a sharper crop at its own input size."""
+    holder = {}
+
+    def run(view: str):
+        config = featinv_config(assets, tmp_path / view, cache_features=True, max_steps=1, max_samples=2,
+                                features_from=view)
+
+        def make(accelerator):
+            holder[view] = FeatInvTask(config, accelerator.device)
+            return holder[view]
+
+        run_training(config, make)
+        return holder[view]
+
+    by_target, by_crop = run("target"), run("crop")
+    assert "crop" not in by_target.sizes and "crop" in by_crop.sizes
+    sample = by_target.dataset()[(0, 0)]
+    backbone = by_target.model.backbone
+    with torch.no_grad():
+        expected = backbone.features(backbone.normalize(sample["target"][None].float() / 255))[0]
+    torch.testing.assert_close(sample["features"], expected, rtol=1e-4, atol=1e-5)
+    # the same sample (same crop box) seen at the backbone's own input size gives other features
+    assert not torch.allclose(by_crop.dataset()[(0, 0)]["features"], sample["features"], atol=1e-3)
+    torch.testing.assert_close(by_crop.dataset()[(0, 0)]["target"], sample["target"])
+    assert len({p.name for p in (tmp_path / "target").glob("feature_cache-*")} |
+               {p.name for p in (tmp_path / "crop").glob("feature_cache-*")}) == 2  # the view is in the cache key
+    with pytest.raises(FeatinvError, match="features-from 'pixels' unknown; use one of crop, target"):
+        train(featinv_config(assets, tmp_path / "bad", features_from="pixels"))

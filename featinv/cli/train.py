@@ -79,6 +79,9 @@ def train(
                                                  "crops and train from that cache (no augmentation; fast on a CPU).")] = False,
     cache_views: Annotated[int, typer.Option("--cache-views", min=1, help="Fixed crops per image in the cache.")] = 1,
     no_flips: Annotated[bool, typer.Option("--no-flips", help="No horizontal/vertical flips.")] = False,
+    features_from: Annotated[str, typer.Option("--features-from", help="What the backbone sees: crop (the crop at "
+                                               "its input size, the paper) or target (the base-resolution image "
+                                               "resized up, as it sees reconstructions; for small bases).")] = "crop",
     mixed_precision: MixedPrecision = "no",
     gradient_checkpointing: GradCkpt = False,
     num_workers: Workers = 2,
@@ -108,7 +111,7 @@ def train(
     config = TrainConfig(**loop_kwargs(values), backbone=backbone, base=base, layer=layer, pooled=pooled,
                          encoder=encoder, backbone_weights=weights, input_size=input_size,
                          cache_features=cache_features, cache_views=cache_views,
-                         hflip=not no_flips, vflip=not no_flips)
+                         hflip=not no_flips, vflip=not no_flips, features_from=features_from)
     path = run(config)
     console.print(f"FeatInv run written to [bold]{path}[/] (load with FeatInv.from_pretrained or --run {path})")
 

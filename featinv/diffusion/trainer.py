@@ -61,6 +61,7 @@ CONFIG_FILE = "train_config.json"
 VALIDATION_DIR = "validation"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
+FEATURES_FROM = ("crop", "target")
 
 StepCallback = Callable[[int, float], None]
 
@@ -160,6 +161,16 @@ class TrainConfig(LoopConfig):
     cache_views: int = 1                   # crops per image in the cache (1: the centre crop)
     guidance_scale: float | None = None    # for validation grids (None: the model's default)
     backbone_chunk: int | None = None      # backbone forward chunk (None: whole batch on GPU, 2 on CPU)
+    # what the backbone sees: "crop" = the crop at the backbone's own input size (the paper, where base and
+    # backbone resolutions are close); "target" = the image the base learns to generate, resized to the
+    # backbone input, i.e. exactly what the backbone will see of a reconstruction (use when the base
+    # resolution is far below the backbone's, e.g. a 32 px base under a 128 px backbone)
+    features_from: str = "crop"
+
+    def check(self) -> None:
+        super().check()
+        if self.features_from not in FEATURES_FROM:
+            raise FeatinvError(f"features-from {self.features_from!r} unknown; use one of {', '.join(FEATURES_FROM)}")
 
 
 @dataclass(kw_only=True)
@@ -236,7 +247,10 @@ class FeatInvTask:
         self.device = device
         self.images = load_training_images(config.data, max_samples=config.max_samples, seed=config.seed)
         info = self.model.backbone.info
-        self.sizes = {"crop": int(info.input_size[0]), "target": int(self.model.base.resolution)}
+        self.view = "target" if config.features_from == "target" else "crop"  # the view the backbone sees
+        self.sizes = {"target": int(self.model.base.resolution)}
+        if self.view == "crop":
+            self.sizes["crop"] = int(info.input_size[0])
         if info.input_size[0] != info.input_size[1]:
             raise FeatinvError(f"training needs a square backbone input, got {info.input_size}; pass --input-size")
         self._params = [(f"p{i:05d}", p) for i, p in enumerate(self.model.trainable_parameters())]
@@ -270,7 +284,7 @@ class FeatInvTask:
 
     @torch.no_grad()
     def features(self, crops01: torch.Tensor) -> torch.Tensor:
-        """Backbone features for a batch of crops at the backbone input size, batched on the training device.
+        """Backbone features for a batch of images (resized to the backbone input), batched on the training device.
 
         On a GPU the whole batch is one forward. On a CPU large batches are slower than small ones
         (activations fall out of cache: measured 1.05 s for 8 x 224 px EfficientNet-Lite0 at once vs
@@ -288,7 +302,7 @@ class FeatInvTask:
         info = self.model.backbone.info
         payload = {"backbone": info.spec, "layer": info.layer, "weights": c.backbone_weights,
                    "input": list(info.input_size), "pooled": c.pooled, "target": self.sizes["target"],
-                   "views": c.cache_views, "seed": c.seed, "scale": list(c.crop_scale),
+                   "views": c.cache_views, "seed": c.seed, "scale": list(c.crop_scale), "view": self.view,
                    "items": [str(i) if isinstance(i, Path) else f"img{k}:{i.size}" for k, i in enumerate(self.images.items)]}
         import hashlib
 
@@ -310,7 +324,7 @@ class FeatInvTask:
             chunks = [keys[s:s + batch] for s in range(0, len(keys), batch)]
             for chunk in progress(chunks, description="caching features", enabled=c.progress):
                 items = [(centre if v == 0 else augmented)[(i, mix_seed(c.seed, 7919, v, i))] for i, v in chunk]
-                crops = torch.stack([it["crop"] for it in items])
+                crops = torch.stack([it[self.view] for it in items])
                 feats.append(self.features(_to_float01(crops, self.device)).cpu())
                 targets.append(torch.stack([it["target"] for it in items]))
             save_safetensors({"features": torch.cat(feats), "target": torch.cat(targets)}, path)
@@ -324,7 +338,7 @@ class FeatInvTask:
         target = _to_float01(batch["target"], device)
         if "features" in batch:
             return {"features": batch["features"].to(device, non_blocking=True).float(), "target": target}
-        return {"features": self.features(_to_float01(batch["crop"], device)), "target": target}
+        return {"features": self.features(_to_float01(batch[self.view], device)), "target": target}
 
     def loss(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.model.training_loss(inputs["features"], inputs["target"], drop, generator=generator)
@@ -343,7 +357,7 @@ class FeatInvTask:
         crops = self._crops(augment=False)
         items = [crops[(i, 0)] for i in range(min(n, len(self.images)))]
         reference = torch.stack([it["target"] for it in items]).float() / 255.0
-        features = self.features(_to_float01(torch.stack([it["crop"] for it in items]), self.device))
+        features = self.features(_to_float01(torch.stack([it[self.view] for it in items]), self.device))
         c = self.config
         kwargs = {"guidance_scale": c.guidance_scale} if c.guidance_scale is not None else {}
         rec = self.model.reconstruct(features=features, seeds=list(range(len(items))), steps=c.val_steps,
