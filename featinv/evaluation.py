@@ -497,10 +497,11 @@ def _read_indexes(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> d
 
 
 def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str, complete: bool, n_sources: int) -> dict[str, Any]:
-    from featinv.metrics import mean_ci95
+    from featinv.metrics import mean_ci95, rate_ci95
 
     n = len(rows)
     mean, low, high = mean_ci95([r["cosine"] for r in rows])
+    hits = {k: sum(r[k] for r in rows) for k in ("top5", "top1")}
     summary: dict[str, Any] = {
         "model": label,
         **settings,
@@ -510,8 +511,9 @@ def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str,
         "classes": len({r["class"] for r in rows}),
         "cosine_sim": {"mean": _finite(mean), "ci95": [_finite(low), _finite(high)],
                        "note": "median over feature-map positions per image (unpooled map), mean over images"},
-        "top5": sum(r["top5"] for r in rows) / n if n else None,
-        "top1": sum(r["top1"] for r in rows) / n if n else None,
+        "top5": hits["top5"] / n if n else None,
+        "top1": hits["top1"] / n if n else None,
+        **{f"{k}_ci95": [_finite(v) for v in rate_ci95(hits[k], n)] for k in hits},  # Wilson score interval
     }
     if settings["evaluate_with"]:
         summary["cross_model"] = {

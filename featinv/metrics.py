@@ -93,6 +93,23 @@ def mean_ci95(values: Sequence[float] | torch.Tensor | np.ndarray) -> tuple[floa
     return mean, mean - half, mean + half
 
 
+def rate_ci95(successes: int, n: int) -> tuple[float, float]:
+    """Two-sided 95% Wilson score interval ``(low, high)`` of a rate such as top-5 match.
+
+    Wilson, not the normal approximation: small evaluation sets often score 0 or a few hits, where the normal
+    interval collapses to a point or leaves [0, 1]. ``n == 0`` gives NaNs.
+    """
+    if n <= 0:
+        return math.nan, math.nan
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be between 0 and n={n}, got {successes}")
+    z = 1.959963984540054
+    rate = successes / n
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def topk_match(logits_orig: torch.Tensor, logits_rec: torch.Tensor, k: int) -> torch.Tensor:
     """Per image: is the original's top-1 class among the reconstruction's top-``k`` classes?"""
     if logits_orig.shape != logits_rec.shape or logits_orig.dim() != 2:

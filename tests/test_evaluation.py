@@ -91,6 +91,10 @@ def test_evaluate_writes_outputs_and_resumes(runs, data, tmp_path, count_reconst
                                                                for i in (0,) for sd in (0, 1)}
     assert -1.0 <= result.cos_mean <= 1.0 and result.cos_ci[0] <= result.cos_mean <= result.cos_ci[1]
     assert result.top5 == sum(r["top5"] for r in result.rows) / 4 and result.top1 <= result.top5
+    from featinv.metrics import rate_ci95
+
+    for k in ("top5", "top1"):  # Wilson intervals of the rates, from the same hits
+        assert s[f"{k}_ci95"] == list(rate_ci95(sum(r[k] for r in result.rows), 4))
     assert result.fid_label == "FID[timm:tf_efficientnet_lite0 pooled]" and result.fid is not None
     assert result.kid_label == "KID[timm:tf_efficientnet_lite0 pooled]"
 

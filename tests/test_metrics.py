@@ -40,6 +40,19 @@ def test_cosine_median_rejects_mismatched_maps() -> None:
         metrics.cosine_median(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 3, 3))
 
 
+def test_rate_ci95_matches_scipy_wilson_interval() -> None:
+    from scipy.stats import binomtest
+
+    for k, n in ((0, 128), (8, 128), (3, 32), (32, 32), (1, 1)):
+        expected = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        low, high = metrics.rate_ci95(k, n)
+        assert low == pytest.approx(expected.low, abs=1e-9) and high == pytest.approx(expected.high, abs=1e-9)
+    assert metrics.rate_ci95(0, 128)[0] == 0.0 and 0.02 < metrics.rate_ci95(0, 128)[1] < 0.04
+    assert all(math.isnan(v) for v in metrics.rate_ci95(0, 0))
+    with pytest.raises(ValueError, match="between 0 and n"):
+        metrics.rate_ci95(5, 4)
+
+
 def test_mean_ci95_matches_t_interval() -> None:
     values = [0.2, 0.4, 0.5, 0.9]
     mean, lo, hi = metrics.mean_ci95(values)
