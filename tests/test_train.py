@@ -264,5 +264,8 @@ def test_features_from_target_conditions_on_what_the_backbone_sees_of_the_base_i
     torch.testing.assert_close(by_crop.dataset()[(0, 0)]["target"], sample["target"])
     assert len({p.name for p in (tmp_path / "target").glob("feature_cache-*")} |
                {p.name for p in (tmp_path / "crop").glob("feature_cache-*")}) == 2  # the view is in the cache key
+    with pytest.raises(FeatinvError, match=r"cannot resume .* settings changed \(features_from\)"):
+        train(featinv_config(assets, tmp_path / "target", cache_features=True, max_steps=2, max_samples=2,
+                             features_from="crop", resume=True))
     with pytest.raises(FeatinvError, match="features-from 'pixels' unknown; use one of crop, target"):
         train(featinv_config(assets, tmp_path / "bad", features_from="pixels"))

@@ -274,8 +274,10 @@ class FeatInvTask:
 
     def describe(self) -> dict[str, Any]:
         info = self.model.backbone.info
+        # the view only when it is not the default, so runs written before the option existed still resume
+        view = {"features_from": self.view} if self.view != "crop" else {}
         return {"backbone": info.spec, "layer": info.layer, "pooled": self.config.pooled,
-                "base": self.model.base.spec, "n": len(self.dataset())}
+                "base": self.model.base.spec, "n": len(self.dataset()), **view}
 
     # -- data
     def _crops(self, augment: bool) -> AugmentedCrops:
@@ -607,7 +609,7 @@ def run_training(config: LoopConfig, make_task: Callable[[Any], Task], on_step: 
     if existing is not None:
         ckpt = load_checkpoint(existing)
         stored = ckpt.state.get("fingerprint", {})
-        changed = sorted(k for k in fingerprint if stored.get(k) != fingerprint[k])
+        changed = sorted(k for k in fingerprint.keys() | stored.keys() if stored.get(k) != fingerprint.get(k))
         if changed:
             raise FeatinvError(f"cannot resume from {existing}: settings changed ({', '.join(changed)}); use the "
                                "original settings or a new --out folder")
