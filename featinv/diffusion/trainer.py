@@ -247,7 +247,7 @@ class FeatInvTask:
         self.device = device
         self.images = load_training_images(config.data, max_samples=config.max_samples, seed=config.seed)
         info = self.model.backbone.info
-        self.view = "target" if config.features_from == "target" else "crop"  # the view the backbone sees
+        self.view = config.features_from  # which view of each sample the backbone sees
         self.sizes = {"target": int(self.model.base.resolution)}
         if self.view == "crop":
             self.sizes["crop"] = int(info.input_size[0])
@@ -274,10 +274,13 @@ class FeatInvTask:
 
     def describe(self) -> dict[str, Any]:
         info = self.model.backbone.info
-        # the view only when it is not the default, so runs written before the option existed still resume
-        view = {"features_from": self.view} if self.view != "crop" else {}
         return {"backbone": info.spec, "layer": info.layer, "pooled": self.config.pooled,
-                "base": self.model.base.spec, "n": len(self.dataset()), **view}
+                "base": self.model.base.spec, "n": len(self.dataset()), **self._non_default_view()}
+
+    def _non_default_view(self) -> dict[str, str]:
+        """The backbone's view for resume checks and cache keys, left out when it is the default ("crop"), so
+        runs and feature caches written before the option existed still match."""
+        return {"features_from": self.view} if self.view != "crop" else {}
 
     # -- data
     def _crops(self, augment: bool) -> AugmentedCrops:
@@ -304,8 +307,9 @@ class FeatInvTask:
         info = self.model.backbone.info
         payload = {"backbone": info.spec, "layer": info.layer, "weights": c.backbone_weights,
                    "input": list(info.input_size), "pooled": c.pooled, "target": self.sizes["target"],
-                   "views": c.cache_views, "seed": c.seed, "scale": list(c.crop_scale), "view": self.view,
-                   "items": [str(i) if isinstance(i, Path) else f"img{k}:{i.size}" for k, i in enumerate(self.images.items)]}
+                   "views": c.cache_views, "seed": c.seed, "scale": list(c.crop_scale),
+                   "items": [str(i) if isinstance(i, Path) else f"img{k}:{i.size}" for k, i in enumerate(self.images.items)],
+                   **self._non_default_view()}
         import hashlib
 
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
