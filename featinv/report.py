@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +65,19 @@ def table_figure(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], t
 
     columns = list(rows[0]) if rows else []
     cells = [[_format(row.get(col)) for col in columns] for row in rows]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(columns)), 0.45 * (len(rows) + 1) + 0.5))
+    # long headers (e.g. "FID[timm:tf_efficientnet_lite0 pooled]") wrap instead of running into their neighbours
+    labels = ["\n".join(textwrap.wrap(str(col), 18, break_long_words=True, break_on_hyphens=False) or [""])
+              for col in columns]
+    header_lines = max((label.count("\n") + 1 for label in labels), default=1)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(columns)), 0.45 * (len(rows) + header_lines) + 0.5))
     ax.axis("off")
-    table = ax.table(cellText=cells, colLabels=columns, loc="center", cellLoc="center")
+    table = ax.table(cellText=cells, colLabels=labels, loc="center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(9)
     table.scale(1.0, 1.4)
+    for col in range(len(columns)):  # header row: tall enough for its wrapped lines
+        header = table[0, col]
+        header.set_height(header.get_height() * header_lines)
     if title:
         ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
