@@ -36,9 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _busy(prof: Any, device: torch.device) -> tuple[float, float, list[dict[str, Any]]]:
-    """(kernel-busy seconds, host self seconds, top operators) from a finished profiler."""
-    events = prof.key_averages()
+def _busy(events: Any, device: torch.device) -> tuple[float, float, list[dict[str, Any]]]:
+    """(kernel-busy seconds, host self seconds, top operators) from a finished profiler's ``key_averages()``."""
     # kernels only: an operator's self device time repeats the time of the kernels it launched
     device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events
                     if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
@@ -61,14 +60,15 @@ def _profiled(fn: Any, steps: int, device: torch.device, top: int) -> dict[str, 
         for _ in range(steps):
             fn()
         common.synchronize(device)
-    busy, host, rows = _busy(prof, device)
-    wall_s = sorted(wall)[len(wall) // 2]
+    events = prof.key_averages()  # slow on long CUDA traces: computed once
+    busy, host, rows = _busy(events, device)
+    wall_s = common.summarize(wall)["median_s"]
     out = {"wall_s": round(wall_s, 5), "host_self_s": round(host / steps, 5), "kernel_launches_per_call": None,
            "top": rows[:top]}
     if device.type == "cuda":
         out["kernel_busy_s"] = round(busy / steps, 5)
         out["kernel_busy_fraction"] = round(busy / steps / wall_s, 3)
-        out["kernel_launches_per_call"] = sum(e.count for e in prof.key_averages() if "LaunchKernel" in e.key) // steps
+        out["kernel_launches_per_call"] = sum(e.count for e in events if "LaunchKernel" in e.key) // steps
     return out
 
 
