@@ -10,6 +10,7 @@ hidden temporary folder and renamed into place, so a crash mid-write never leave
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -47,7 +48,7 @@ def capture_rng() -> dict[str, Any]:
     """The state of every random generator a training step may touch (python, numpy, torch, cuda)."""
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state_as_tensors(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -55,12 +56,26 @@ def capture_rng() -> dict[str, Any]:
     return state
 
 
+def _numpy_state_as_tensors(state: tuple[Any, ...]) -> tuple[Any, ...]:
+    """numpy's generator state with its key array as a tensor, so the state loads with ``weights_only``."""
+    name, keys, position, has_gauss, cached = state
+    return (name, torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64)), int(position),
+            int(has_gauss), float(cached))
+
+
+def _numpy_state_from_tensors(state: Any) -> tuple[Any, ...]:
+    name, keys, position, has_gauss, cached = state
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy().astype(np.uint32)
+    return (name, keys, position, has_gauss, cached)
+
+
 def restore_rng(state: dict[str, Any]) -> None:
     """Put back the generators captured by :func:`capture_rng` (missing entries are left alone)."""
     if "python" in state:
         random.setstate(state["python"])
     if "numpy" in state:
-        np.random.set_state(state["numpy"])
+        np.random.set_state(_numpy_state_from_tensors(state["numpy"]))
     if "torch" in state:
         torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -105,7 +120,7 @@ def save_checkpoint(
     """Write one checkpoint atomically, then delete all but the newest ``keep`` (None: keep all)."""
     root = Path(root)
     target = root / step_dir_name(step)
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, kind="checkpoint") as tmp:
         save_safetensors(params, tmp / WEIGHTS_FILE, metadata={"step": str(step)})
         trainer_state = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "rng": rng or []}
         torch.save(trainer_state, tmp / TRAINER_FILE)  # straight to disk: no second in-memory copy (GBs for SD)
@@ -146,7 +161,12 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     if not trainer_file.is_file():
         raise FeatinvError(f"checkpoint {path} lacks {TRAINER_FILE}; resume from an older checkpoint or restart")
     try:
-        trainer_state = torch.load(trainer_file, map_location="cpu", weights_only=False)
+        # data only: a run folder may come from anyone, and a full unpickle would run code hidden in it
+        trainer_state = torch.load(trainer_file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise FeatinvError(f"checkpoint {path} holds {TRAINER_FILE} with objects other than tensors and numbers "
+                           f"({str(exc).splitlines()[0][:120]}); refusing to load it — delete that checkpoint folder "
+                           "to resume from an older one, or restart") from None
     except Exception as exc:  # torch raises several types for truncated pickles
         raise FeatinvError(f"checkpoint {path} is corrupt ({exc.__class__.__name__}); delete it to resume from an older one") from None
     return Checkpoint(

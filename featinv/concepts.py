@@ -319,7 +319,7 @@ class Decomposer(ABC):
             "meta": self.meta,
         }
         directory = Path(directory)
-        with atomic_dir(directory) as tmp:
+        with atomic_dir(directory, kind="concepts") as tmp:
             save_safetensors(state, tmp / STATE_FILE, metadata={"method": self.name})
             write_json(tmp / CONFIG_FILE, config)
         return directory

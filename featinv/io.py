@@ -70,17 +70,59 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", encoding: str |
         os.fsync(handle.fileno())
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` (a directory) once the block succeeds."""
+OWNER_MARKER = ".featinv-folder.json"
+
+
+def _owner_kind(path: Path) -> str | None:
+    """The kind featinv recorded in a folder it wrote with :func:`atomic_dir` (None: not featinv's)."""
+    marker = path / OWNER_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        kind = json.loads(marker.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def check_replaceable(path: str | os.PathLike[str], kind: str) -> Path:
+    """Refuse to replace a folder featinv did not write as ``kind``: replacing deletes what it holds.
+
+    A missing or empty folder is fine; a folder with featinv's marker for the same kind of output is
+    featinv's own earlier result and may be replaced; anything else (the user's files, a run, the
+    current folder) is refused with one line.
+    """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FeatinvError(f"output path {path} is a file; pass a directory path instead")
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise FeatinvError(f"output path {path} is a file or link; pass a new or empty folder instead")
+    resolved, here = path.resolve(), Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        raise FeatinvError(f"output folder {path} is (or holds) the current folder; pass a new or empty folder instead")
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    theirs = _owner_kind(path)
+    if theirs is None:
+        raise FeatinvError(f"output folder {path} already holds files featinv did not write; featinv never replaces "
+                           "a folder it did not create: pass a new or empty folder")
+    if theirs != kind:
+        raise FeatinvError(f"output folder {path} holds featinv {theirs}, not {kind}; pass a new or empty folder")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` once the block succeeds.
+
+    ``kind`` names what the folder holds (``"concepts"``, ``"checkpoint"`` ...); it is recorded in a
+    marker so that only featinv's own earlier output of the same kind is ever replaced.
+    """
+    path = check_replaceable(path, kind)
     ensure_output_dir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(_default_mode(directory=True))
     try:
         yield tmp
+        write_text(tmp / OWNER_MARKER, json.dumps({"kind": kind}) + "\n")
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "x")

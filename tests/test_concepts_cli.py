@@ -70,3 +70,30 @@ def test_show_bad_concepts_folder(image_folder, tmp_path, capsys):
               str(sorted(image_folder.iterdir())[0]), "--out", str(tmp_path / "f.png")])
     assert exit_info.value.code == 2
     assert "concepts folder" in capsys.readouterr().err
+
+
+def test_fit_never_deletes_a_folder_it_did_not_create(image_folder, tmp_path, capsys, monkeypatch):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("x")
+    photos = sorted(p.name for p in image_folder.iterdir())
+    for out in (victim, image_folder):  # a user's folder, and --out equal to --data
+        with pytest.raises(SystemExit) as exit_info:
+            main(["concepts", "fit", *BACKBONE, "--data", str(image_folder), "--n-concepts", "3", "--max-images", "2",
+                  "--out", str(out), "--quiet"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "did not write" in err and "Traceback" not in err
+    assert (victim / "thesis.txt").read_text() == "x" and sorted(victim.iterdir()) == [victim / "thesis.txt"]
+    assert sorted(p.name for p in image_folder.iterdir()) == photos
+    monkeypatch.chdir(victim)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["concepts", "fit", *BACKBONE, "--data", str(image_folder), "--n-concepts", "3", "--max-images", "2",
+              "--out", ".", "--quiet"])
+    assert exit_info.value.code == 2 and "current folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim"]  # no hidden .old/.tmp leftovers
+    out = tmp_path / "concepts"  # featinv's own concepts folder is refitted in place
+    for _ in range(2):
+        main(["concepts", "fit", *BACKBONE, "--data", str(image_folder), "--n-concepts", "3", "--max-images", "2",
+              "--out", str(out), "--quiet"])
+    assert (out / "config.json").is_file()

@@ -7,6 +7,7 @@ import torch
 
 from featinv.errors import FeatinvError
 from featinv.io import (
+    OWNER_MARKER,
     atomic_dir,
     atomic_write,
     ensure_output_dir,
@@ -31,13 +32,42 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 def test_atomic_dir_replaces_whole(tmp_path):
     target = tmp_path / "run"
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, kind="thing") as tmp:
         (tmp / "a").write_text("1")
-    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+    with pytest.raises(RuntimeError), atomic_dir(target, kind="thing") as tmp:
         (tmp / "b").write_text("2")
         raise RuntimeError
-    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    assert sorted(p.name for p in target.iterdir()) == [OWNER_MARKER, "a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    with atomic_dir(target, kind="thing") as tmp:  # featinv's own earlier output of the same kind is replaced
+        (tmp / "c").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == [OWNER_MARKER, "c"]
+
+
+def test_atomic_dir_never_replaces_a_folder_it_did_not_write(tmp_path, monkeypatch):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("x")
+    with pytest.raises(FeatinvError, match="did not write"), atomic_dir(victim, kind="concepts") as tmp:
+        (tmp / "a").write_text("1")
+    assert (victim / "thesis.txt").read_text() == "x"
+    other = tmp_path / "ckpt"
+    with atomic_dir(other, kind="checkpoint") as tmp:
+        (tmp / "w").write_text("1")
+    with pytest.raises(FeatinvError, match="holds featinv checkpoint, not concepts"), \
+            atomic_dir(other, kind="concepts"):
+        pass
+    assert (other / "w").read_text() == "1"
+    monkeypatch.chdir(victim)
+    with pytest.raises(FeatinvError, match="current folder"), atomic_dir(".", kind="concepts"):
+        pass
+    with pytest.raises(FeatinvError, match="current folder"), atomic_dir(tmp_path, kind="concepts"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "victim"]
+    (tmp_path / "empty").mkdir()
+    with atomic_dir(tmp_path / "empty", kind="concepts") as tmp:  # an empty folder holds nothing to lose
+        (tmp / "a").write_text("1")
+    assert (tmp_path / "empty" / "a").is_file()
 
 
 def test_json_roundtrip_and_corrupt(tmp_path):
@@ -77,7 +107,7 @@ def test_written_files_get_normal_permissions(tmp_path):
     import os
 
     write_json(tmp_path / "m.json", {"a": 1})
-    with atomic_dir(tmp_path / "d"):
+    with atomic_dir(tmp_path / "d", kind="thing"):
         pass
     umask = os.umask(0)
     os.umask(umask)

@@ -269,3 +269,35 @@ def test_features_from_target_conditions_on_what_the_backbone_sees_of_the_base_i
                              features_from="crop", resume=True))
     with pytest.raises(FeatinvError, match="features-from 'pixels' unknown; use one of crop, target"):
         train(featinv_config(assets, tmp_path / "bad", features_from="pixels"))
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled: what a hostile shared run folder could hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_never_unpickles_code_from_a_checkpoint(assets, tmp_path):
+    kw = {"max_steps": 2, "lr": 1e-3, "checkpoint_every": 1, "seed": 3}
+
+    def stop_at_one(step, loss):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(featinv_config(assets, run, **kw), on_step=stop_at_one)
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    assert load_checkpoint(checkpoint).rng, "an honest checkpoint (with numpy RNG state) loads data-only"
+    marker = tmp_path / "pwned"
+    trainer_file = checkpoint / "trainer_state.pt"
+    state = torch.load(trainer_file, weights_only=True)
+    state["optimizer"] = _Payload(marker)
+    torch.save(state, trainer_file)
+    with pytest.raises(FeatinvError, match="refusing to load"):
+        train(featinv_config(assets, run, **kw, resume=True))
+    assert not marker.exists()

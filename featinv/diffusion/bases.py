@@ -314,10 +314,10 @@ class PixelBase(DiffusionBase):
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write the base atomically piece by piece; the marker file is written last."""
         directory = Path(directory)
-        with atomic_dir(directory / "unet") as tmp:
+        with atomic_dir(directory / "unet", kind="pixel base UNet") as tmp:
             write_json(tmp / "config.json", json.loads(self.unet.to_json_string()))
             save_safetensors(self.unet.state_dict(), tmp / "diffusion_pytorch_model.safetensors")
-        with atomic_dir(directory / "scheduler") as tmp:
+        with atomic_dir(directory / "scheduler", kind="pixel base scheduler") as tmp:
             write_json(tmp / "scheduler_config.json", self.scheduler_config)
         save_safetensors({"prompt_embeds": self.prompt_embeds.detach()}, directory / "prompts.safetensors")
         write_json(directory / PIXEL_MARKER, {"kind": "pixel", "resolution": self.resolution,

@@ -49,7 +49,7 @@ class FeatInvControlNet(ControlNetModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], **_: Any) -> None:  # type: ignore[override]
         """Write config, checksummed weights and the encoder into ``save_directory`` atomically."""
-        with atomic_dir(save_directory) as tmp:
+        with atomic_dir(save_directory, kind="ControlNet") as tmp:
             write_json(tmp / "config.json", json.loads(self.to_json_string()))
             state = {k: v for k, v in self.state_dict().items() if not k.startswith(_ENCODER_PREFIX)}
             save_safetensors(state, tmp / WEIGHTS_NAME)
