@@ -87,7 +87,7 @@ def make_base(name: str, device: str, folder: Path) -> Any:
 
 
 def run_ours(args: argparse.Namespace, spec: dict[str, Any], data: Path, out: Path, cache: bool) -> dict[str, Any]:
-    from featinv.diffusion.trainer import TrainConfig, train
+    from featinv.training.loop import TrainConfig, train
 
     stamps: list[float] = []
     config = TrainConfig(
@@ -105,7 +105,7 @@ def run_ours(args: argparse.Namespace, spec: dict[str, Any], data: Path, out: Pa
 def run_naive(args: argparse.Namespace, spec: dict[str, Any], data: Path) -> dict[str, Any]:
     """The official code's structure: the Dataset runs the backbone on one image per item."""
     from featinv.diffusion.model import FeatInv
-    from featinv.training_data import AugmentedCrops, load_training_images
+    from featinv.training.data import AugmentedCrops, load_training_images
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -62,7 +62,7 @@ def create_smallcnn_backbone(model_name: str | None = None, layer: str | None = 
     There are no published weights, so "pretrained" is refused with a clear message.
     """
     from featinv.errors import FeatinvError
-    from featinv.features import Backbone, ModelKnowledge, Preprocessing
+    from featinv.features.backbone import Backbone, ModelKnowledge, Preprocessing
 
     if model_name not in VARIANTS:
         raise FeatinvError(f"unknown smallcnn variant {model_name!r}; use one of {', '.join(VARIANTS)}")

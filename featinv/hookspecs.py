@@ -32,7 +32,7 @@ def register_backbones(register: Register) -> None:
     """Called once when the backbone registry is built.
 
     ``register(prefix, factory)``: ``factory(model_name, layer=None, weights="pretrained",
-    input_size=None, device="cpu") -> featinv.features.Backbone`` for specs ``prefix:model_name``
+    input_size=None, device="cpu") -> featinv.features.backbone.Backbone`` for specs ``prefix:model_name``
     (or ``factory(**kwargs)`` for a spec without a colon, e.g. an alias).
     """
 
@@ -59,7 +59,7 @@ def register_encoders(register: Register) -> None:
 def register_decomposers(register: Register) -> None:
     """Called once when the concept-decomposer registry is built.
 
-    ``register(name, factory)``: ``factory(n_concepts=K, **options) -> featinv.concepts.Decomposer``.
+    ``register(name, factory)``: ``factory(n_concepts=K, **options) -> featinv.concepts.base.Decomposer``.
     """
 
 

@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 def make_progress(*extra_columns: TextColumn, transient: bool = False) -> Progress:
     """A Progress with the columns featinv uses everywhere (extra columns e.g. for loss)."""
-    from featinv.cli.console import console
+    from featinv.console import console
 
     return Progress(
         SpinnerColumn(),
@@ -63,7 +63,7 @@ def stage(description: str, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    from featinv.cli.console import console
+    from featinv.console import console
 
     with console.status(description):
         yield

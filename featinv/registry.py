@@ -1,7 +1,7 @@
 """The plugin manager and one registry per plugin kind (timm-style list/create/is functions).
 
-Built-in plugins (``featinv.plugins.DEFAULT_PLUGINS``) are loaded exactly like third-party ones (entry
-points in the group ``featinv``), so a built-in is never privileged. A plugin that fails to import is
+Built-in plugins (:data:`DEFAULT_PLUGINS`, module names) are loaded exactly like third-party ones (entry
+points in the group ``featinv``), so a built-in is never privileged; the core never imports them. A plugin that fails to import is
 recorded in :func:`plugin_errors` and skipped; the others keep working.
 """
 
@@ -22,6 +22,14 @@ from featinv.errors import FeatinvError, did_you_mean
 
 ENTRY_POINT_GROUP = "featinv"
 DISABLE_AUTOLOAD_ENV = "FEATINV_DISABLE_PLUGIN_AUTOLOAD"
+#: the built-in plugin modules, imported by name like entry points (the core never imports featinv.plugins)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "featinv.plugins.backbones",
+    "featinv.plugins.bases",
+    "featinv.plugins.encoders",
+    "featinv.plugins.decomposers",
+    "featinv.plugins.analyses",
+)
 KINDS = ("backbones", "bases", "encoders", "decomposers", "analyses")
 _SINGULAR = {"backbones": "backbone", "bases": "base", "encoders": "encoder", "decomposers": "decomposer",
              "analyses": "analysis"}
@@ -101,8 +109,6 @@ _STATE: PluginState | None = None
 
 
 def _load_default_plugins(manager: pluggy.PluginManager, errors: dict[str, str], packages: dict[str, str]) -> None:
-    from featinv.plugins import DEFAULT_PLUGINS
-
     for module_name in DEFAULT_PLUGINS:
         try:
             manager.register(importlib.import_module(module_name), name=module_name)
@@ -212,3 +218,15 @@ list_bases, create_base, is_base = _functions("bases")
 list_encoders, create_encoder, is_encoder = _functions("encoders")
 list_decomposers, create_decomposer, is_decomposer = _functions("decomposers")
 list_analyses, create_analysis, is_analysis = _functions("analyses")
+
+
+def plugin_listing() -> dict[str, Any]:
+    """Every registered name per kind with its providing package, plus plugins that failed to load."""
+    registered = {}
+    for kind in KINDS:
+        registry = get_registry(kind)
+        registered[kind] = [
+            {"name": name, "package": registry.entries[name].package, "description": registry.entries[name].description}
+            for name in registry.list()
+        ]
+    return {"registered": registered, "errors": plugin_errors()}

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from featinv.analyses import (
+from featinv.analyses.base import (
     YELLOW,
     FeatureShiftWarning,
     as_images,
@@ -45,7 +45,7 @@ def photos():
 
 @pytest.fixture(scope="module")
 def decomposer(model, photos):
-    from featinv.concepts import create_decomposer, feature_vectors
+    from featinv.concepts.base import create_decomposer, feature_vectors
 
     fmap = model.features([img for _, img in photos])
     dec = create_decomposer("mcd", n_concepts=2).fit(feature_vectors(fmap))
@@ -145,7 +145,7 @@ def test_concept_selection():
 
 
 def test_concepts_for_another_backbone_are_refused(model, photos):
-    from featinv.concepts import create_decomposer
+    from featinv.concepts.base import create_decomposer
 
     other = create_decomposer("mcd", n_concepts=2).fit(torch.randn(64, 16))
     with pytest.raises(FeatinvError, match="16"):

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from featinv.errors import FeatinvError
-from featinv.features import Layout, ModelKnowledge, pool_features, resolve_layout, to_nchw
+from featinv.features.backbone import Layout, ModelKnowledge, pool_features, resolve_layout, to_nchw
 
 dims = st.integers(min_value=1, max_value=6)
 

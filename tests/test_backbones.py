@@ -9,7 +9,7 @@ from PIL import Image
 
 import featinv
 from featinv.errors import FeatinvError
-from featinv.features import Backbone, pool_features
+from featinv.features.backbone import Backbone, pool_features
 
 # spec, layer, input size, expected (C, h, w), how the layer emits it
 CASES = [

@@ -363,7 +363,7 @@ def test_unknown_analysis_name_from_the_registry():
 
 
 def test_no_partial_output_keeps_folders_with_files_and_interrupts(tmp_path):
-    from featinv.validation import no_partial_output, output_paths
+    from featinv.cli.boundary import no_partial_output, output_paths
 
     assert output_paths(["x", "--out", "a", "-o", "b", "--out=c"]) == [Path("a"), Path("b"), Path("c")]
     empty, full, stopped = tmp_path / "new" / "empty", tmp_path / "full", tmp_path / "stopped"

@@ -10,7 +10,13 @@ import torch
 from scipy.linalg import subspace_angles
 
 import featinv
-from featinv.concepts import Decomposition, create_decomposer, feature_vectors, fit_concepts, load_decomposer
+from featinv.concepts.base import (
+    Decomposition,
+    create_decomposer,
+    feature_vectors,
+    fit_concepts,
+    load_decomposer,
+)
 from featinv.errors import FeatinvError
 
 FAST = {"mcd": {}, "nmf": {"max_iter": 200}, "sae": {"steps": 300, "progress": False}}

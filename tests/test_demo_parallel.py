@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featinv import demo
+from featinv.apps import demo
 from featinv.errors import FeatinvError
 
 

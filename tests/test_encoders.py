@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featinv.encoders import build_encoder, load_encoder
+from featinv.diffusion.encoders import build_encoder, load_encoder
 from featinv.errors import FeatinvError
 from featinv.registry import list_encoders
 

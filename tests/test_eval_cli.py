@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from featinv.cli import app, main
-from featinv.imagenet import class_prompt, imagenet_classes
+from featinv.features.imagenet import class_prompt, imagenet_classes
 from tests.fixtures_model import make_tiny_images, make_tiny_run, make_tiny_sd
 
 runner = CliRunner()
@@ -82,7 +82,7 @@ def test_eval_sweep_cli_writes_plot(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_class_prompt_baseline_on_tiny_sd(tmp_path: Path, capsys) -> None:
-    from featinv.evaluation import class_baseline, encode_prompts
+    from featinv.evaluation.evaluate import class_baseline, encode_prompts
 
     sd = make_tiny_sd(tmp_path)
     embeds = encode_prompts(f"sd:{sd}", ["tench", "zebra", "tench"])  # the tiny tokenizer keeps 8 characters

@@ -1,4 +1,4 @@
-"""`featinv.evaluation` end to end on tiny runs: metrics files, resume, sharding, pooled runs, sweep, compare."""
+"""`featinv.evaluation.evaluate` end to end on tiny runs: metrics files, resume, sharding, pooled runs, sweep, compare."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from featinv import evaluation
 from featinv.errors import FeatinvError
+from featinv.evaluation import evaluate as evaluation
 from tests.fixtures_model import make_tiny_images, make_tiny_run
 
 FAST = {"steps": 2, "batch_size": 4, "fid": "backbone", "progress": False}
@@ -91,7 +91,7 @@ def test_evaluate_writes_outputs_and_resumes(runs, data, tmp_path, count_reconst
                                                                for i in (0,) for sd in (0, 1)}
     assert -1.0 <= result.cos_mean <= 1.0 and result.cos_ci[0] <= result.cos_mean <= result.cos_ci[1]
     assert result.top5 == sum(r["top5"] for r in result.rows) / 4 and result.top1 <= result.top5
-    from featinv.metrics import rate_ci95
+    from featinv.evaluation.metrics import rate_ci95
 
     for k in ("top5", "top1"):  # Wilson intervals of the rates, from the same hits
         assert s[f"{k}_ci95"] == list(rate_ci95(sum(r[k] for r in result.rows), 4))
@@ -130,7 +130,7 @@ def test_two_process_shards_merge_on_rank_zero(runs, data, tmp_path, monkeypatch
 
 
 def test_pooled_run_is_scored_on_unpooled_maps(runs, data, monkeypatch) -> None:
-    from featinv import metrics
+    from featinv.evaluation import metrics
 
     seen: list[torch.Tensor] = []
     real = metrics.cosine_median

@@ -263,7 +263,7 @@ def test_concepts_fit_killed_half_way_leaves_no_folder_and_rerun_completes(asset
     (tmp_path / "one" / "img0.png").rename(fifo)  # the last image is now a real one
     main([str(a) for a in args])
     capsys.readouterr()
-    from featinv.concepts import load_decomposer
+    from featinv.concepts.base import load_decomposer
 
     decomposer = load_decomposer(out)
     assert decomposer.meta["n_images"] == 6 and decomposer.channels == 112
@@ -274,8 +274,8 @@ def test_concepts_fit_killed_half_way_leaves_no_folder_and_rerun_completes(asset
 
 def test_demo_rerun_reuses_finished_stages_and_resumes_interrupted_ones(tmp_path, monkeypatch):
     """A demo killed after its base stage: the rerun reuses the base, and redoes (resuming) an unfinished stage."""
-    import featinv.diffusion.trainer as trainer
-    from featinv import demo
+    import featinv.training.loop as trainer
+    from featinv.apps import demo
 
     settings = demo.DemoSettings(base_steps=2, base_batch=2, seed=0)
     photos = [Image.open(p).convert("RGB") for p in sorted(make_tiny_images(tmp_path / "photos", count=2).iterdir())]
@@ -306,8 +306,8 @@ def test_demo_rerun_reuses_finished_stages_and_resumes_interrupted_ones(tmp_path
 
 #: writes that are allowed outside featinv.io, each with the reason it is safe
 ALLOWED_RAW_WRITES = {
-    ("featinv/diffusion/trainer.py", "open"): "metrics.jsonl is append-only and truncated to the checkpoint on resume",
-    ("featinv/checkpoint.py", "torch.save"): "written into the temporary folder of an atomic_dir",
+    ("featinv/training/loop.py", "open"): "metrics.jsonl is append-only and truncated to the checkpoint on resume",
+    ("featinv/training/checkpoint.py", "torch.save"): "written into the temporary folder of an atomic_dir",
 }
 
 
@@ -346,7 +346,7 @@ def test_every_file_write_goes_through_featinv_io():
 
 def test_metrics_log_of_an_attempt_killed_before_its_first_checkpoint_is_not_repeated(assets, tmp_path):
     """kill -9 before the first checkpoint leaves log lines (one cut in half); the restart logs each step once."""
-    from featinv.diffusion.trainer import BaseTrainConfig, train_base
+    from featinv.training.loop import BaseTrainConfig, train_base
 
     out = tmp_path / "base"
     out.mkdir()

@@ -9,8 +9,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from featinv import metrics
 from featinv.errors import FeatinvError
+from featinv.evaluation import metrics
 
 
 def _numpy_cosine_median(a: np.ndarray, b: np.ndarray) -> np.ndarray:

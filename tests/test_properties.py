@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from featinv.errors import FeatinvError
-from featinv.features import Backbone, ModelKnowledge, Preprocessing
+from featinv.features.backbone import Backbone, ModelKnowledge, Preprocessing
 
 FAST = settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from featinv.apps.reconstruct_folder import reconstruct_images
 from featinv.cli import app
 from featinv.diffusion.model import FeatInv
 from featinv.errors import FeatinvError
-from featinv.reconstruct import reconstruct_images
 from tests.fixtures_model import make_tiny_images, make_tiny_run
 
 runner = CliRunner()

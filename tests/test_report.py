@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from featinv.report import Section, image_grid, markdown_table, table_figure, write_html_report
+from featinv.report.figures import image_grid, markdown_table, table_figure
+from featinv.report.html import Section, write_html_report
 
 
 def _img(value: int) -> Image.Image:

@@ -8,8 +8,9 @@ import signal
 import pytest
 import torch
 
-from featinv.checkpoint import latest_checkpoint, load_checkpoint
-from featinv.diffusion.trainer import (
+from featinv.errors import FeatinvError
+from featinv.training.checkpoint import latest_checkpoint, load_checkpoint
+from featinv.training.loop import (
     BaseTrainConfig,
     FeatInvTask,
     TrainConfig,
@@ -19,7 +20,6 @@ from featinv.diffusion.trainer import (
     train_base,
     training_status,
 )
-from featinv.errors import FeatinvError
 from tests.fixtures_model import TINY_BACKBONE, TINY_INPUT_SIZE, make_tiny_images, make_tiny_pixel_base
 
 FAST = {"num_workers": 0, "progress": False, "val_steps": 2, "num_val_images": 2}

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from featinv.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from featinv.errors import FeatinvError
-from featinv.training_data import (
+from featinv.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from featinv.training.data import (
     AugmentedCrops,
     Schedule,
     ShardedBatches,

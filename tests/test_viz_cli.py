@@ -17,7 +17,7 @@ FAST = ["--steps", "2", "--quiet"]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A saved run, a folder of two images and concepts fitted on the run's backbone layer, saved."""
-    from featinv.concepts import create_decomposer, feature_vectors
+    from featinv.concepts.base import create_decomposer, feature_vectors
     from featinv.diffusion.model import FeatInv
 
     root = tmp_path_factory.mktemp("viz")
@@ -88,7 +88,7 @@ def test_bad_input_is_one_line(setup, capsys, args, message):
 def test_concepts_for_other_channels_are_refused(setup, capsys, tmp_path):
     import torch
 
-    from featinv.concepts import create_decomposer
+    from featinv.concepts.base import create_decomposer
 
     _, run, images, _ = setup
     other = create_decomposer("mcd", n_concepts=2).fit(torch.randn(32, 8)).save(tmp_path / "c8")
@@ -98,7 +98,7 @@ def test_concepts_for_other_channels_are_refused(setup, capsys, tmp_path):
     assert "8" in capsys.readouterr().err
 
 
-@pytest.mark.filterwarnings("ignore::featinv.analyses.FeatureShiftWarning")
+@pytest.mark.filterwarnings("ignore::featinv.analyses.base.FeatureShiftWarning")
 def test_training_norms_stored_with_the_run_are_the_reference(setup):
     root, run, images, _ = setup
     norms = run / "feature_norms.json"

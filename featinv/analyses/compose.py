@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featinv.analyses import (
+from featinv.analyses.base import (
     YELLOW,
     Analysis,
     AnalysisResult,
@@ -246,7 +246,7 @@ class Composition(Analysis):
 
     def _one(self, model: Any, a: NamedImage, b: NamedImage, regions: list[Region],
              grid: tuple[int, int]) -> CompositionItem:
-        from featinv.metrics import cosine_median
+        from featinv.evaluation.metrics import cosine_median
 
         fa, fb = image_features(model, [a.image, b.image]).split(1)
         composed = torch.cat([compose_maps(fa, fb, r) for r in regions])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featinv.analyses import (
+from featinv.analyses.base import (
     Analysis,
     AnalysisResult,
     NamedImage,
@@ -124,7 +124,7 @@ class Interpolation(Analysis):
         return [self._one(model, a, b) for a, b in pairs]
 
     def _one(self, model: Any, a: NamedImage, b: NamedImage) -> InterpolationItem:
-        from featinv.metrics import cosine_median
+        from featinv.evaluation.metrics import cosine_median
 
         fa, fb = image_features(model, [a.image, b.image]).split(1)
         maps = torch.cat([mix(fa, fb, w) for w in self.weights])

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from featinv.analyses import (
+from featinv.analyses.base import (
     Analysis,
     AnalysisResult,
     NamedImage,
@@ -74,7 +74,7 @@ def class_name(index: int, num_classes: int) -> str | None:
     if num_classes != 1000:
         return None
     try:
-        from featinv.imagenet import imagenet_classes
+        from featinv.features.imagenet import imagenet_classes
 
         return imagenet_classes()[index].name
     except (FeatinvError, IndexError):
@@ -217,8 +217,8 @@ class FeatInvViz(Analysis):
         return [self._one(model, decomposer, item, chosen) for item in as_images(images)]
 
     def _one(self, model: Any, decomposer: Any, item: NamedImage, chosen: list[int]) -> SteeringItem:
-        from featinv.analyses import image_features, reconstruction_features
-        from featinv.metrics import cosine_median
+        from featinv.analyses.base import image_features, reconstruction_features
+        from featinv.evaluation.metrics import cosine_median
 
         backbone = model.backbone
         x = backbone.preprocess(item.image)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from featinv import __version__
-from featinv.cli.console import err_console
+from featinv.console import err_console
 from featinv.errors import FeatinvError
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -17,7 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "featinv.cli.reconstruct",
     "featinv.cli.layers",
     "featinv.cli.train",
-    "featinv.cli.base",
+    "featinv.cli.bases",
     "featinv.cli.eval",
     "featinv.cli.concepts",
     "featinv.cli.viz",
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     code 2, and an output folder the failed command created empty is removed again; Ctrl-C exits 130."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-    from featinv.validation import no_partial_output, output_paths
+    from featinv.cli.boundary import no_partial_output, output_paths
 
     args = sys.argv[1:] if argv is None else argv
     _state["debug"] = "--debug" in args

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from featinv.cli.console import console
 from featinv.cli.options import Quiet
+from featinv.console import console
 
 
 def demo(
@@ -21,8 +21,8 @@ def demo(
 
     Example: featinv demo --out featinv-demo --quick
     """
-    from featinv.demo import run_demo
-    from featinv.evaluation import rich_table
+    from featinv.apps.demo import run_demo
+    from featinv.evaluation.evaluate import rich_table
 
     result = run_demo(out, quick=quick, seed=seed, quiet=quiet, say=lambda msg: console.print(f"[bold cyan]{msg}[/]"))
     console.print(rich_table(list(result.metrics["results"].values()), title="FeatInv demo — Table 1 in small"))

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from featinv.cli.console import console
 from featinv.cli.options import (
     BatchSize,
     Device,
@@ -19,6 +18,7 @@ from featinv.cli.options import (
     parse_float_list,
     parse_int_list,
 )
+from featinv.console import console
 from featinv.errors import FeatinvError
 
 eval_app = typer.Typer(  # help comes from eval_main's docstring, which carries the example
@@ -48,7 +48,7 @@ def _default_out(run: Path, data: Path, guidance: float | None, sub: str = "") -
 
 
 def _print_summaries(summaries: list[dict], title: str) -> None:
-    from featinv.evaluation import cross_rich_table, rich_table
+    from featinv.evaluation.evaluate import cross_rich_table, rich_table
 
     console.print(rich_table(summaries, title=title))
     cross = cross_rich_table(summaries)
@@ -95,8 +95,8 @@ def eval_main(
         return
     if run is None or data is None:
         raise FeatinvError("featinv eval needs --run DIR and --data DIR; see `featinv eval --help`")
-    from featinv.evaluation import evaluate
-    from featinv.validation import no_partial_output
+    from featinv.evaluation.evaluate import evaluate
+    from featinv.cli.boundary import no_partial_output
 
     target = out or _default_out(run, data, guidance)
     with no_partial_output([target]):  # the default folder inside the run is not an --out the root CLI sees
@@ -137,8 +137,8 @@ def eval_sweep(
 
     Example: featinv eval sweep --run runs/convnext --data val/ --guidance 1,1.75,3,5,8 --per-class 2
     """
-    from featinv.evaluation import sweep
-    from featinv.validation import no_partial_output
+    from featinv.evaluation.evaluate import sweep
+    from featinv.cli.boundary import no_partial_output
 
     scales = parse_float_list(guidance)
     target = out or _default_out(run, data, None, sub="sweep-")
@@ -174,7 +174,7 @@ def eval_compare(
 
     Example: featinv eval compare runs/convnext runs/convnext-pooled
     """
-    from featinv.evaluation import compare
+    from featinv.evaluation.evaluate import compare
 
     summaries = compare(paths)
     if json_output:
@@ -206,7 +206,7 @@ def eval_baseline(
 
     Example: featinv eval baseline --base sd:./miniSD --backbone timm:convnext_base --per-class 10 --classes 0,1,2
     """
-    from featinv.evaluation import baseline_markdown, class_baseline
+    from featinv.evaluation.evaluate import baseline_markdown, class_baseline
 
     result = class_baseline(base, backbone, per_class=per_class,
                             classes=parse_int_list(classes) if classes else None, out=out,

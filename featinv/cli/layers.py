@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from featinv.cli.console import console
 from featinv.cli.options import Device, InputSize, JsonOutput, Layer
+from featinv.console import console
 
 
 def layers(
@@ -29,7 +29,7 @@ def layers(
 
     Example: featinv layers timm:convnext_tiny --input-size 224
     """
-    from featinv.features import list_layers
+    from featinv.features.backbone import list_layers
 
     model, infos = list_layers(spec, input_size=input_size, weights=weights, layer=layer, device=device)
     if spatial_only:

@@ -7,8 +7,8 @@ import json
 import typer
 from rich.table import Table
 
-from featinv.cli.console import console
 from featinv.cli.options import JsonOutput
+from featinv.console import console
 
 
 def plugins(json_output: JsonOutput = False) -> None:
@@ -16,7 +16,7 @@ def plugins(json_output: JsonOutput = False) -> None:
 
     Example: featinv plugins --json
     """
-    from featinv.api import plugin_listing
+    from featinv.registry import plugin_listing
 
     listing = plugin_listing()
     if json_output:

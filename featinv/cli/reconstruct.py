@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from featinv.cli.console import console
 from featinv.cli.options import (
     BatchSize,
     Device,
@@ -20,6 +19,7 @@ from featinv.cli.options import (
     Steps,
     parse_int_list,
 )
+from featinv.console import console
 
 
 def reconstruct(
@@ -44,7 +44,7 @@ def reconstruct(
 
     Example: featinv reconstruct --run runs/lite0 --images photos/ --seeds 0,1,2 --out recon/
     """
-    from featinv.reconstruct import reconstruct_images
+    from featinv.apps.reconstruct_folder import reconstruct_images
 
     summary = reconstruct_images(run, images, out, seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps,
                                  scheduler=scheduler, batch_size=batch_size, device=device, resize=resize,

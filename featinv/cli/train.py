@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import typer
 
-from featinv.cli.console import console
 from featinv.cli.options import (
     BackboneSpec,
     BaseSpec,
@@ -21,6 +20,7 @@ from featinv.cli.options import (
     Quiet,
     Weights,
 )
+from featinv.console import console
 
 Epochs = Annotated[float, typer.Option("--epochs", min=0.0, help="Passes over the data (paper: 3).")]
 MaxSteps = Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps (overrides --epochs).")]
@@ -104,8 +104,8 @@ def train(
 
     Example: featinv train --data imagenet/train --backbone timm:convnext_base --base sd:lambdalabs/miniSD-diffusers --out runs/convnext
     """
-    from featinv.diffusion.trainer import TrainConfig
-    from featinv.diffusion.trainer import train as run
+    from featinv.training.loop import TrainConfig
+    from featinv.training.loop import train as run
 
     values = dict(locals())
     config = TrainConfig(**loop_kwargs(values), backbone=backbone, base=base, layer=layer, pooled=pooled,

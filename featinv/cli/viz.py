@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from featinv.cli.console import console
 from featinv.cli.options import BatchSize, Device, Guidance, OutDir, Quiet, RunDir, Scheduler, Steps
+from featinv.console import console
 
 viz_app = typer.Typer(
     name="viz",
@@ -25,7 +25,7 @@ ImagesB = Annotated[list[Path], typer.Option("--image-b", "-b", help="Second ima
 
 def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run an analysis with its out-of-distribution warnings collected (printed once by :func:`_report`)."""
-    from featinv.analyses import FeatureShiftWarning
+    from featinv.analyses.base import FeatureShiftWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FeatureShiftWarning)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from featinv.encoders import FeatureEncoder, load_encoder
+from featinv.diffusion.encoders import FeatureEncoder, load_encoder
 from featinv.errors import FeatinvError
 from featinv.io import atomic_dir, load_safetensors, read_json, save_safetensors, write_json
 
@@ -29,7 +29,7 @@ _ENCODER_PREFIX = "controlnet_cond_embedding."
 
 
 class FeatInvControlNet(ControlNetModel):
-    """A ``ControlNetModel`` whose ``controlnet_cond_embedding`` is a :class:`~featinv.encoders.FeatureEncoder`."""
+    """A ``ControlNetModel`` whose ``controlnet_cond_embedding`` is a :class:`~featinv.diffusion.encoders.FeatureEncoder`."""
 
     @classmethod
     def from_unet_and_encoder(cls, unet: UNet2DConditionModel, encoder: FeatureEncoder) -> FeatInvControlNet:

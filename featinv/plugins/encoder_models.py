@@ -9,7 +9,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from featinv.encoders import FeatureEncoder
+from featinv.diffusion.encoders import FeatureEncoder
 from featinv.errors import FeatinvError
 
 

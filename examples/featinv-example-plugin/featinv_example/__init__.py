@@ -31,8 +31,8 @@ def register_commands(app: typer.Typer) -> None:
         """
         from rich.table import Table
 
-        from featinv.cli.console import console
-        from featinv.concepts import load_decomposer
+        from featinv.concepts.base import load_decomposer
+        from featinv.console import console
         from featinv.errors import FeatinvError
 
         decomposer = load_decomposer(concepts)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from featinv.concepts import Decomposer
+from featinv.concepts.base import Decomposer
 
 
 class PCADecomposer(Decomposer):

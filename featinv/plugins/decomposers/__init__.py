@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from featinv.hookspecs import Register, hookimpl
 
 if TYPE_CHECKING:
-    from featinv.concepts import Decomposer
+    from featinv.concepts.base import Decomposer
 
 
 @hookimpl

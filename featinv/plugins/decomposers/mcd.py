@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featinv.concepts import Decomposer
+from featinv.concepts.base import Decomposer
 from featinv.errors import FeatinvError
 
 CLUSTERINGS = ("ssc", "kmeans")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from featinv.concepts import Decomposer, solver_threads
+from featinv.concepts.base import Decomposer, solver_threads
 from featinv.errors import FeatinvError
 
 

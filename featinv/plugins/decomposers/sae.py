@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from featinv.concepts import Decomposer
+from featinv.concepts.base import Decomposer
 from featinv.errors import FeatinvError
 
 

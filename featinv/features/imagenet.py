@@ -23,7 +23,7 @@ from featinv.errors import FeatinvError
 __all__ = ["CLASS_PROMPT", "ImageNetClass", "build_class_table", "class_prompt", "imagenet_classes"]
 
 CLASS_PROMPT = "a high-quality, detailed, and professional image of a {name}, which is a kind of {superclass}"
-RESOURCE = Path(__file__).with_name("resources") / "imagenet_classes.json"
+RESOURCE = Path(__file__).parent.parent / "resources" / "imagenet_classes.json"
 WORDNET_NOTICE = (
     "Superclasses from WordNet 3.0. WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. "
     "THIS SOFTWARE AND DATABASE IS PROVIDED \"AS IS\" AND PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR "

@@ -32,7 +32,9 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from featinv.checkpoint import (
+from featinv.errors import FeatinvError
+from featinv.io import atomic_path, ensure_output_dir, read_json, write_json, write_text
+from featinv.training.checkpoint import (
     capture_rng,
     latest_checkpoint,
     load_checkpoint,
@@ -41,9 +43,7 @@ from featinv.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from featinv.errors import FeatinvError
-from featinv.io import atomic_path, ensure_output_dir, read_json, write_json, write_text
-from featinv.training_data import (
+from featinv.training.data import (
     CROP_SCALE,
     AugmentedCrops,
     Schedule,

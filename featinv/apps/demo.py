@@ -81,7 +81,7 @@ def _held_out_crops(photos: list[tuple[str, Image.Image]], n: int, seed: int) ->
     """Crops from a random stream the training never draws from (a different seed), at the base resolution:
     the demo's images are 32 px throughout, and the backbone sees them resized to its input like it sees
     the reconstructions."""
-    from featinv.training_data import make_crops
+    from featinv.training.data import make_crops
 
     crops = make_crops([img for _, img in photos], n, RESOLUTION, seed=10_000 + seed, scale=CROP_SCALE)
     return [(f"heldout/{i:02d}-{photos[i % len(photos)][0]}", crop) for i, crop in enumerate(crops)]
@@ -94,7 +94,7 @@ def _complete(run_dir: Path) -> bool:
 
 
 def _train_base(out: Path, photos: list[Image.Image], s: DemoSettings, quiet: bool) -> Path:
-    from featinv.diffusion.trainer import BaseTrainConfig, train_base
+    from featinv.training.loop import BaseTrainConfig, train_base
 
     base_dir = out / "base"
     if not _complete(base_dir):
@@ -108,7 +108,7 @@ def _train_base(out: Path, photos: list[Image.Image], s: DemoSettings, quiet: bo
 
 def _train_featinv(out: Path, base_dir: Path, photos: list[Image.Image], pooled: bool, s: DemoSettings,
                    quiet: bool) -> Path:
-    from featinv.diffusion.trainer import TrainConfig, train
+    from featinv.training.loop import TrainConfig, train
 
     run_dir = out / ("featinv-pooled" if pooled else "featinv-unpooled")
     if not _complete(run_dir):
@@ -125,7 +125,7 @@ def _train_featinv(out: Path, base_dir: Path, photos: list[Image.Image], pooled:
 
 def _backbone() -> Any:
     """The demo's classifier: EfficientNet-Lite0 with its ImageNet weights, at the demo's layer and input size."""
-    from featinv.features import backbone
+    from featinv.features.backbone import backbone
 
     return backbone(BACKBONE, layer=LAYER, weights="pretrained", input_size=INPUT_SIZE)
 
@@ -139,7 +139,7 @@ def _featinv_job(out: Path, base_dir: Path, pooled: bool, s: DemoSettings) -> No
 
 def _evaluate(model: Any, held_out: list[tuple[str, Image.Image]], out: Path, variant: str, s: DemoSettings,
               quiet: bool) -> Any:
-    from featinv.evaluation import evaluate
+    from featinv.evaluation.evaluate import evaluate
 
     return evaluate(model, held_out, out=out / "eval" / variant, per_class=None, seeds=[s.seed],
                     steps=s.sample_steps, batch_size=16, fid="backbone", kid_subset_size=max(2, len(held_out) // 2),
@@ -192,7 +192,7 @@ def _side_by_side(here: Callable[[], Any], there: Callable[..., None], *args: An
 
 def _comparison_figure(held_out: list[tuple[str, Image.Image]], results: dict[str, Any], path: Path) -> Path:
     """Originals above their unpooled and pooled reconstructions, cosine similarity under each."""
-    from featinv.report import image_grid
+    from featinv.report.figures import image_grid
 
     n = min(8, len(held_out))
     rows = [[img.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR) for _, img in held_out[:n]]]
@@ -234,14 +234,15 @@ def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, 
     Finished stages (trained base and models, evaluated images) are reused, so rerunning after an
     interruption continues where it stopped. Same ``seed`` → same numbers.
     """
-    from featinv.analyses import FeatureShiftWarning
+    from featinv.analyses.base import FeatureShiftWarning
     from featinv.analyses.compose import compose
     from featinv.analyses.interpolation import interpolate
     from featinv.analyses.steering import steer_concepts
-    from featinv.concepts import fit_concepts
+    from featinv.concepts.base import fit_concepts
     from featinv.data import builtin_photos
     from featinv.diffusion.model import FeatInv
-    from featinv.report import Section, table_figure, write_html_report
+    from featinv.report.figures import table_figure
+    from featinv.report.html import Section, write_html_report
 
     say = say or (lambda _msg: None)
     started = time.perf_counter()
@@ -279,7 +280,7 @@ def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, 
                "pooled": _evaluate(models["pooled"], held_out, out, "pooled", settings, quiet=True)}
 
     say(f"[6/7] analyses: MCD concepts ({settings.n_concepts}), concept steering, interpolation, composition")
-    from featinv.training_data import make_crops
+    from featinv.training.data import make_crops
 
     concept_crops = make_crops(photo_images, settings.concept_images, RESOLUTION, seed=settings.seed, scale=CROP_SCALE)
     decomposer = fit_concepts(backbone, data=concept_crops, method="mcd", n_concepts=settings.n_concepts,

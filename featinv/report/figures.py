@@ -1,19 +1,16 @@
-"""Figures and reports people look at: image grids with captions, metric tables, an offline HTML page."""
+"""Figures and tables people look at: image grids with captions, metric tables as PNG and Markdown."""
 
 from __future__ import annotations
 
-import base64
-import html
 import os
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from featinv.io import save_figure, write_text
+from featinv.io import save_figure
 
 
 def image_grid(
@@ -64,7 +61,7 @@ def table_figure(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], t
     import matplotlib.pyplot as plt
 
     columns = list(rows[0]) if rows else []
-    cells = [[_format(row.get(col)) for col in columns] for row in rows]
+    cells = [[format_cell(row.get(col)) for col in columns] for row in rows]
     # long headers (e.g. "FID[timm:tf_efficientnet_lite0 pooled]") wrap instead of running into their neighbours
     labels = ["\n".join(textwrap.wrap(str(col), 18, break_long_words=True, break_on_hyphens=False) or [""])
               for col in columns]
@@ -83,7 +80,8 @@ def table_figure(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], t
     return save_figure(fig, path)
 
 
-def _format(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """One table cell as text: floats to three decimals, None as empty."""
     if isinstance(value, float):
         return f"{value:.3f}"
     return "" if value is None else str(value)
@@ -95,50 +93,5 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         return ""
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_format(row.get(col)) for col in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_cell(row.get(col)) for col in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-@dataclass
-class Section:
-    """One part of an HTML report: a heading, paragraphs, a table and figures."""
-
-    heading: str
-    paragraphs: list[str] = field(default_factory=list)
-    table: list[dict[str, Any]] = field(default_factory=list)
-    figures: list[Path] = field(default_factory=list)
-
-
-def _img_tag(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
-
-
-def _table_html(rows: Sequence[dict[str, Any]]) -> str:
-    columns = list(rows[0])
-    head = "".join(f"<th>{html.escape(col)}</th>" for col in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(row.get(col)))}</td>" for col in columns) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def write_html_report(path: str | os.PathLike[str], title: str, sections: Sequence[Section]) -> Path:
-    """Write a self-contained HTML page (figures embedded) that opens offline in any browser."""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}"
-        "th{background:#eee}img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;font-size:85%}</style>",
-        f"</head><body><h1>{html.escape(title)}</h1>",
-    ]
-    for section in sections:
-        parts.append(f"<h2>{html.escape(section.heading)}</h2>")
-        parts += [f"<p>{html.escape(text)}</p>" for text in section.paragraphs]
-        if section.table:
-            parts.append(_table_html(section.table))
-        parts += [_img_tag(figure) for figure in section.figures]
-    parts.append("</body></html>")
-    path = Path(path)
-    write_text(path, "\n".join(parts))
-    return path

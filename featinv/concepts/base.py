@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from PIL import Image
 
-    from featinv.features import Backbone
+    from featinv.features.backbone import Backbone
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "concepts.safetensors"
@@ -123,7 +123,7 @@ def _as_matrix(vectors: Any, what: str = "feature vectors") -> Tensor:
     if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
         raise FeatinvError(
             f"{what} must be a non-empty [N, C] matrix, got shape {tuple(tensor.shape)}; flatten feature maps "
-            "with featinv.concepts.feature_vectors(fmap)"
+            "with featinv.concepts.base.feature_vectors(fmap)"
         )
     if tensor.is_complex() or tensor.dtype == torch.bool:
         raise FeatinvError(f"{what} must be real numbers, got {tensor.dtype}; pass float features")
@@ -481,13 +481,13 @@ def fit_concepts(
 ) -> Decomposer:
     """Fit concepts on a backbone layer's feature vectors over images (e.g. one class) and optionally save them.
 
-    ``backbone`` is a spec (``timm:tf_efficientnet_lite0``) or a built :class:`~featinv.features.Backbone`;
+    ``backbone`` is a spec (``timm:tf_efficientnet_lite0``) or a built :class:`~featinv.features.backbone.Backbone`;
     ``data`` an image folder, image file(s) or PIL images; ``options`` go to the decomposer (e.g.
     ``clustering="kmeans"`` for MCD, ``k=4`` for the SAE). ``target_class`` stores that class's classifier
     row for relevances (only when the layer feeds the linear classifier). The saved folder records the
     backbone spec, layer, weights and channels so later commands can check they use the same features.
     """
-    from featinv.features import backbone as build_backbone
+    from featinv.features.backbone import backbone as build_backbone
 
     try:
         decomposer = create_decomposer(method, n_concepts=n_concepts, **options)
@@ -528,7 +528,7 @@ def fit_concepts(
 # --------------------------------------------------------------------------- concept activation maps
 def backbone_for(decomposer: Decomposer, device: str = "cpu") -> Backbone:
     """Rebuild the backbone (spec, layer, weights, input size) the concepts were fitted on."""
-    from featinv.features import backbone as build_backbone
+    from featinv.features.backbone import backbone as build_backbone
 
     meta = decomposer.meta
     if not meta.get("backbone"):

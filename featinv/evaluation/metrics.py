@@ -430,7 +430,7 @@ def resolve_feature_space(
             raise FeatinvError("fid='backbone' needs a backbone; pass fid='backbone:SPEC' instead")
         return backbone_feature_space(backbone)
     if choice.startswith("backbone:"):
-        from featinv.features import backbone as make_backbone
+        from featinv.features.backbone import backbone as make_backbone
 
         return backbone_feature_space(make_backbone(choice.split(":", 1)[1], device=device))
     if Path(choice).expanduser().exists() or choice.endswith((".pt", ".pth")):

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from featinv.cli.console import console
 from featinv.cli.options import DataDir, OutDir, Quiet
 from featinv.cli.train import (
     CkptEvery,
@@ -30,6 +29,7 @@ from featinv.cli.train import (
     Workers,
     loop_kwargs,
 )
+from featinv.console import console
 from featinv.errors import FeatinvError
 
 base_app = typer.Typer(help="Diffusion bases: train a small pixel-space base for offline / CPU use.",
@@ -71,7 +71,7 @@ def base_train(
     Example: featinv base train --data photos/ --resolution 32 --out bases/pixel32 --max-steps 2000
     """
     from featinv.cli.options import parse_int_list
-    from featinv.diffusion.trainer import BaseTrainConfig, train_base
+    from featinv.training.loop import BaseTrainConfig, train_base
 
     values = dict(locals())
     try:

@@ -242,7 +242,7 @@ def _load_model(run: Any, device: str) -> Any:
 
 
 def _extra_backbones(specs: Sequence[str], weights: Sequence[str] | None, device: str) -> dict[str, Any]:
-    from featinv.features import backbone as make_backbone
+    from featinv.features.backbone import backbone as make_backbone
 
     weights = list(weights or [])
     if weights and len(weights) not in (1, len(specs)):
@@ -257,11 +257,11 @@ def _extra_backbones(specs: Sequence[str], weights: Sequence[str] | None, device
 
 
 def _feature_space(choice: str, model_backbone: Any, device: str) -> Any:
-    from featinv import metrics
+    from featinv.evaluation import metrics
 
     if choice == "auto" and metrics.find_inception_weights() is None:
         try:
-            from featinv.features import backbone as make_backbone
+            from featinv.features.backbone import backbone as make_backbone
 
             substitute = make_backbone(SUBSTITUTE_SPEC, device=device)
         except (FeatinvError, ImportError, OSError):
@@ -310,7 +310,7 @@ def evaluate(
     ``inception``, a weight file, ``backbone``, ``backbone:SPEC`` or ``none``. ``limit`` caps the
     reconstructions made by this call (the rest are left for a later, resuming call).
     """
-    from featinv import metrics
+    from featinv.evaluation import metrics
     from featinv.progress import progress as progress_bar
 
     seeds = [int(s) for s in seeds] or [0]
@@ -438,9 +438,9 @@ def _reconstruct_batch(
     extra: dict[str, Any],
 ) -> list[tuple[dict[str, Any], Image.Image]]:
     """Reconstruct one batch and score every sample against its original."""
-    from featinv import metrics
     from featinv.data import to_pil
-    from featinv.features import pool_features
+    from featinv.evaluation import metrics
+    from featinv.features.backbone import pool_features
 
     backbone = model.backbone
     with torch.no_grad():
@@ -497,7 +497,7 @@ def _read_indexes(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> d
 
 
 def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str, complete: bool, n_sources: int) -> dict[str, Any]:
-    from featinv.metrics import mean_ci95, rate_ci95
+    from featinv.evaluation.metrics import mean_ci95, rate_ci95
 
     n = len(rows)
     mean, low, high = mean_ci95([r["cosine"] for r in rows])
@@ -796,11 +796,11 @@ def class_baseline(
     ``classes``: ImageNet indices (default all 1000). With ``out``, images and ``index.json`` make the
     run resumable like :func:`evaluate`; ``baseline.json`` / ``baseline.md`` hold the numbers.
     """
-    from featinv import metrics
     from featinv.data import to_pil
     from featinv.diffusion.bases import load_base
     from featinv.diffusion.sampler import denoise
-    from featinv.imagenet import CLASS_PROMPT, imagenet_classes
+    from featinv.evaluation import metrics
+    from featinv.features.imagenet import CLASS_PROMPT, imagenet_classes
     from featinv.progress import progress as progress_bar
 
     if not backbones:

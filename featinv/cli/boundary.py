@@ -1,0 +1,67 @@
+"""The CLI's error boundary: no empty output folder survives a failed command.
+
+Most commands validate first and create their output folder afterwards; :func:`no_partial_output` is the
+safety net for the rest: an output folder that did not exist before a failed command, and that still holds
+no file, is removed again, so a typo never leaves an empty ``--out`` folder behind. Folders holding files
+are never touched (a failed evaluation keeps the images it finished, so a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+#: command-line options whose value is a path the command writes to
+OUTPUT_OPTIONS = ("--out", "-o")
+
+
+def output_paths(args: Sequence[str]) -> list[Path]:
+    """The paths given to ``--out``/``-o`` in a command line (``--out X`` and ``--out=X`` forms)."""
+    paths: list[Path] = []
+    for i, arg in enumerate(args):
+        if arg in OUTPUT_OPTIONS and i + 1 < len(args):
+            paths.append(Path(args[i + 1]))
+        elif arg.startswith("--out="):
+            paths.append(Path(arg.split("=", 1)[1]))
+    return paths
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, outermost first (what a failed command may create)."""
+    missing: list[Path] = []
+    current = path.absolute()
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    return missing[::-1]
+
+
+def _holds_no_file(path: Path) -> bool:
+    """Whether ``path`` is a folder tree with only (hidden temp files or) empty folders in it."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    for _root, _dirs, files in os.walk(path):
+        if any(not (name.startswith(".") and ".tmp" in name) for name in files):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def no_partial_output(paths: Sequence[str | os.PathLike[str]]) -> Iterator[None]:
+    """On an error inside the block, remove output folders it created that hold no file.
+
+    Interrupts (Ctrl-C) are left alone: a stopped command keeps what it wrote so a rerun resumes.
+    """
+    created = [p for path in paths for p in _missing_ancestors(Path(path))]
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        for path in created:  # outermost first: removing it removes the others with it
+            if path.exists() and _holds_no_file(path):
+                shutil.rmtree(path, ignore_errors=True)
+        raise

@@ -1,0 +1,1 @@
+"""Concept decompositions of feature maps: the Decomposer contract, fitting, activation maps."""

@@ -1,0 +1,1 @@
+"""How faithful reconstructions are: metrics, evaluation over image folders, sweeps, baselines, tables."""

@@ -1,0 +1,1 @@
+"""Stage 1 of the pipeline: a classifier's layer as an NCHW feature map (backbones, layouts, hooks)."""

@@ -1,0 +1,1 @@
+"""Training FeatInv ControlNets and pixel bases: configs, tasks, the loop, data and checkpoints."""
