@@ -95,8 +95,8 @@ def eval_main(
         return
     if run is None or data is None:
         raise FeatinvError("featinv eval needs --run DIR and --data DIR; see `featinv eval --help`")
-    from featinv.evaluation.evaluate import evaluate
     from featinv.cli.boundary import no_partial_output
+    from featinv.evaluation.evaluate import evaluate
 
     target = out or _default_out(run, data, guidance)
     with no_partial_output([target]):  # the default folder inside the run is not an --out the root CLI sees
@@ -137,8 +137,8 @@ def eval_sweep(
 
     Example: featinv eval sweep --run runs/convnext --data val/ --guidance 1,1.75,3,5,8 --per-class 2
     """
-    from featinv.evaluation.evaluate import sweep
     from featinv.cli.boundary import no_partial_output
+    from featinv.evaluation.evaluate import sweep
 
     scales = parse_float_list(guidance)
     target = out or _default_out(run, data, None, sub="sweep-")

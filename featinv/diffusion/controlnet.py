@@ -80,9 +80,14 @@ class FeatInvControlNet(ControlNetModel):
         return list(down), mid
 
 
-def controlled_unet(unet: UNet2DConditionModel, controlnet: FeatInvControlNet, sample: torch.Tensor,
-                    timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """One prediction of the frozen UNet with the ControlNet's residuals added (noise or v)."""
-    down, mid = controlnet.residuals(sample, timestep, encoder_hidden_states, features)
+def controlled_unet(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, sample: torch.Tensor,
+                    timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                    features: torch.Tensor | None) -> torch.Tensor:
+    """One prediction of the frozen UNet with the ControlNet's residuals added (noise or v).
+
+    Without a ControlNet there are no residuals: the UNet runs exactly as in plain text-to-image sampling.
+    """
+    down, mid = (None, None) if controlnet is None else controlnet.residuals(sample, timestep, encoder_hidden_states,
+                                                                              features)
     return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                 down_block_additional_residuals=down, mid_block_additional_residual=mid).sample

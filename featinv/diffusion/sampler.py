@@ -27,31 +27,34 @@ def seeded_noise(seeds: Sequence[int], shape: Sequence[int], device: torch.devic
     return noise.to(device), generators
 
 
-def guided_prediction(unet: UNet2DConditionModel, controlnet: FeatInvControlNet, latents: torch.Tensor,
-                      timestep: torch.Tensor, features: torch.Tensor, cond_embeds: torch.Tensor,
+def guided_prediction(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, latents: torch.Tensor,
+                      timestep: torch.Tensor, features: torch.Tensor | None, cond_embeds: torch.Tensor,
                       uncond_embeds: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """Classifier-free guidance as in the official code: the feature map is given to *both* branches,
     only the prompt differs; both branches run as one batched call. Guidance 1 needs only the
-    conditional branch.
+    conditional branch. Without a ControlNet (``controlnet`` and ``features`` None) this is plain
+    text-to-image guidance of the base.
     """
     if guidance_scale == 1.0:
         return controlled_unet(unet, controlnet, latents, timestep, cond_embeds, features)
     both = controlled_unet(unet, controlnet, torch.cat([latents, latents]), timestep,
-                           torch.cat([uncond_embeds, cond_embeds]), torch.cat([features, features]))
+                           torch.cat([uncond_embeds, cond_embeds]),
+                           None if features is None else torch.cat([features, features]))
     uncond, cond = both.chunk(2)
     return uncond + guidance_scale * (cond - uncond)
 
 
-def denoise(unet: UNet2DConditionModel, controlnet: FeatInvControlNet, scheduler, features: torch.Tensor,
-            cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor, seeds: Sequence[int],
+def denoise(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, scheduler,
+            features: torch.Tensor | None, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor, seeds: Sequence[int],
             latent_shape: Sequence[int], steps: int = 50, guidance_scale: float = 1.75,
             bf16: bool = False, on_step: Callable[[], None] | None = None) -> torch.Tensor:
-    """Sample clean latents for a batch of feature maps.
+    """Sample clean latents for a batch of feature maps (or, with no ControlNet, from the base alone).
 
-    features: ``[N, C, h, w]``; cond/uncond_embeds: ``[N, L, D]`` prompt / empty-prompt embeddings;
-    seeds: one per sample; latent_shape: ``(C_latent, H, W)``. Returns ``[N, *latent_shape]``.
+    features: ``[N, C, h, w]`` (None without a ControlNet); cond/uncond_embeds: ``[N, L, D]`` prompt /
+    empty-prompt embeddings; seeds: one per sample; latent_shape: ``(C_latent, H, W)``. Returns
+    ``[N, *latent_shape]``. The class-prompt baseline and the base's validation samples use this loop too.
     """
-    device = features.device
+    device = cond_embeds.device
     scheduler.set_timesteps(steps, device=device)
     noise, generators = seeded_noise(seeds, latent_shape, device)
     latents = noise * scheduler.init_noise_sigma

@@ -738,14 +738,6 @@ class BaselineResult:
     images: list[Image.Image] | None = None
 
 
-class _NoControl:
-    """Stands in for the ControlNet in the shared denoising loop: no residuals, so the frozen UNet
-    runs exactly as in plain text-to-image sampling."""
-
-    def residuals(self, *_: Any) -> tuple[None, None]:
-        return None, None
-
-
 def encode_prompts(base_spec: str, prompts: Sequence[str], device: str = "cpu") -> torch.Tensor:
     """CLIP embeddings ``[N, L, D]`` of arbitrary prompts for an ``sd:`` base.
 
@@ -836,9 +828,8 @@ def class_baseline(
         latent_shape = (sd.latent_channels, sd.latent_size, sd.latent_size)
         for batch in progress_bar(list(_chunks(pending, batch_size)), description="class prompts", enabled=progress):
             cond = encode_prompts(sd.spec, [table[c].prompt for c, _ in batch], device=device)
-            dummy = torch.zeros(len(batch), 1, 1, 1, device=sd.device)
             with torch.no_grad():
-                latents = denoise(sd.unet, _NoControl(), sd.make_scheduler(scheduler), dummy,  # type: ignore[arg-type]
+                latents = denoise(sd.unet, None, sd.make_scheduler(scheduler), None,
                                   cond.to(sd.device), uncond.expand(len(batch), -1, -1), [j for _, j in batch],
                                   latent_shape, steps=steps, guidance_scale=float(guidance_scale))
                 images = sd.decode(latents).cpu()

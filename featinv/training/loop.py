@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.io import atomic_path, ensure_output_dir, read_json, write_json, write_text
 from featinv.training.checkpoint import (
@@ -436,17 +437,11 @@ class PixelBaseTask:
 @torch.no_grad()
 def sample_base(base: Any, n: int, steps: int = 20, seed: int = 0) -> torch.Tensor:
     """Plain DDIM samples of a base with its prompt (no ControlNet): what the base alone has learned."""
-    scheduler = base.make_scheduler("ddim")
-    scheduler.set_timesteps(steps, device=base.device)
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    shape = (base.latent_channels, base.latent_size, base.latent_size)
-    x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(base.device)
-    x = x * scheduler.init_noise_sigma
     embeds = base.prompt_embeddings(torch.zeros(n, dtype=torch.bool))
-    for t in scheduler.timesteps:
-        pred = base.unet(scheduler.scale_model_input(x, t), t, encoder_hidden_states=embeds).sample
-        x = scheduler.step(pred, t, x).prev_sample
-    return base.decode(x)
+    shape = (base.latent_channels, base.latent_size, base.latent_size)
+    latents = denoise(base.unet, None, base.make_scheduler("ddim"), None, embeds, embeds, range(seed, seed + n),
+                      shape, steps=steps, guidance_scale=1.0)
+    return base.decode(latents)
 
 
 # ---------------------------------------------------------------------------------------- the loop
