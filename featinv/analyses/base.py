@@ -57,7 +57,6 @@ __all__ = [
 YELLOW = (255, 255, 0)
 #: optional file in a run folder: per-position feature norms seen in training, ``{"quantiles": [...]}``
 #: (e.g. the 0th..100th percentiles) or ``{"values": [...]}``; ``config["feature_norms"]`` works the same way
-FEATURE_NORMS_FILE = "feature_norms.json"
 #: an edited map whose largest per-position norm exceeds the reference's largest by this factor is flagged
 NORM_RATIO_LIMIT = 1.1
 
@@ -98,20 +97,10 @@ class AnalysisResult:
 
 
 def as_model(model: FeatInv | str | os.PathLike[str], device: str | torch.device = "cpu") -> FeatInv:
-    """A FeatInv model given as an object or as a run folder."""
-    if isinstance(model, (str, os.PathLike)):
-        from featinv.diffusion.model import FeatInv
-        from featinv.io import read_json
+    """A FeatInv model given as an object or as a run folder (see :func:`featinv.diffusion.model.load_model`)."""
+    from featinv.diffusion.model import load_model
 
-        loaded = FeatInv.from_pretrained(model, device=device)
-        norms_file = Path(model) / FEATURE_NORMS_FILE
-        if norms_file.is_file() and getattr(loaded, "feature_norms", None) is None:
-            loaded.feature_norms = read_json(norms_file, what="training feature norms")
-        return loaded
-    if not hasattr(model, "reconstruct") or not hasattr(model, "backbone"):
-        raise FeatinvError(f"expected a FeatInv model or a run folder, got {type(model).__name__}; "
-                           "pass featinv.FeatInv.from_pretrained(run_dir) or the run folder path")
-    return model
+    return load_model(model, device=device)
 
 
 def as_decomposer(decomposer: Decomposer | str | os.PathLike[str]) -> Decomposer:
@@ -298,7 +287,7 @@ def _stored_training_norms(model: Any) -> Tensor | None:
         try:
             values = torch.as_tensor(source, dtype=torch.float64).flatten()
         except (TypeError, ValueError, RuntimeError):
-            raise FeatinvError(f"stored training feature norms must be a list of numbers (see {FEATURE_NORMS_FILE}); "
+            raise FeatinvError("stored training feature norms must be a list of numbers (see feature_norms.json); "
                                "fix or delete them") from None
         values = values[torch.isfinite(values)]
         if values.numel():

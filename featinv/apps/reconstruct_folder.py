@@ -64,7 +64,7 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     denoiser on CUDA.
     """
     from featinv.data import to_pil, try_open_image
-    from featinv.diffusion.model import FeatInv
+    from featinv.diffusion.model import FeatInv, load_model
 
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -75,7 +75,7 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     if not inputs:
         raise FeatinvError("no images given; pass image files or folders")
     items = _output_names(inputs)
-    model = run if isinstance(run, FeatInv) else FeatInv.from_pretrained(run, device=device)
+    model = load_model(run, device=device)
     model.base.make_scheduler(scheduler)  # an unknown sampler fails here, before anything is written
     out_dir = ensure_output_dir(out)
     guidance = model.guidance_scale if guidance_scale is None else float(guidance_scale)

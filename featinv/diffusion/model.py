@@ -27,6 +27,8 @@ from featinv.io import ensure_output_dir, read_json, write_json
 from featinv.validation import check_finite, check_guidance, check_seeds
 
 CONFIG_NAME = "config.json"
+#: optional per-position norms of the training feature maps, read with the run (out-of-distribution checks)
+FEATURE_NORMS_FILE = "feature_norms.json"
 CONTROLNET_DIR = "controlnet"
 FORMAT = "featinv-run"
 FORMAT_VERSION = 1
@@ -103,6 +105,7 @@ class FeatInv:
         self.device = base.device
         self.optimizations: dict[str, Any] = {"channels_last": False, "compile": False, "compile_mode": None}
         self.config: dict[str, Any] = config or {}
+        self.feature_norms: Any = None  # set from feature_norms.json when a run folder has one
         self.config.update({
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "pooled": self.pooled, "guidance_scale": self.guidance_scale,
@@ -162,8 +165,11 @@ class FeatInv:
         if int(controlnet.encoder.config.in_channels) != int(entry["channels"]):
             raise FeatinvError(f"encoder in {run_dir} expects {controlnet.encoder.config.in_channels} channels but the "
                                f"run config says {entry['channels']}; the run folder is inconsistent, retrain it")
-        return cls(backbone, base_obj, controlnet, pooled=config.get("pooled", False),
-                   guidance_scale=config.get("guidance_scale"), config=config)
+        model = cls(backbone, base_obj, controlnet, pooled=config.get("pooled", False),
+                    guidance_scale=config.get("guidance_scale"), config=config)
+        if (run_dir / FEATURE_NORMS_FILE).is_file():
+            model.feature_norms = read_json(run_dir / FEATURE_NORMS_FILE, what="training feature norms")
+        return model
 
     def save_pretrained(self, run_dir: str | os.PathLike[str]) -> Path:
         """Write ``controlnet/`` (atomically, as a whole) and then ``config.json``."""
@@ -298,6 +304,16 @@ class FeatInv:
                 outputs.append(self.base.decode(latents).cpu())
         return Reconstruction(images=torch.cat(outputs), seeds=seeds, features=features.cpu(),
                               meta={"guidance_scale": guidance, "steps": steps, "scheduler": scheduler})
+
+
+def load_model(run: FeatInv | str | os.PathLike[str], device: str | torch.device = "cpu") -> FeatInv:
+    """The one run loader: a FeatInv model given as an object, or a run folder to load it from."""
+    if isinstance(run, (str, os.PathLike)):
+        return FeatInv.from_pretrained(run, device=device)
+    if not hasattr(run, "reconstruct") or not hasattr(run, "backbone"):
+        raise FeatinvError(f"expected a FeatInv model or a run folder, got {type(run).__name__}; pass a run folder "
+                           "written by `featinv train` (--run DIR) or featinv.FeatInv.from_pretrained(run_dir)")
+    return run
 
 
 @contextlib.contextmanager

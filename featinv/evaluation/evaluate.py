@@ -231,16 +231,6 @@ def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
         yield items[start : start + size]
 
 
-def _load_model(run: Any, device: str) -> Any:
-    if isinstance(run, (str, os.PathLike)):
-        from featinv.diffusion.model import FeatInv
-
-        return FeatInv.from_pretrained(run, device=device)
-    if not hasattr(run, "reconstruct") or not hasattr(run, "backbone"):
-        raise FeatinvError("run must be a FeatInv run folder or a FeatInv model; pass --run DIR")
-    return run
-
-
 def _extra_backbones(specs: Sequence[str], weights: Sequence[str] | None, device: str) -> dict[str, Any]:
     from featinv.features.backbone import backbone as make_backbone
 
@@ -324,7 +314,9 @@ def evaluate(
     rank, world, barrier = _process_group()
     if world > 1 and device == "cuda":  # one GPU per process under accelerate launch / torchrun
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-    model = _load_model(run, device)
+    from featinv.diffusion.model import load_model
+
+    model = load_model(run, device)
     backbone = model.backbone
     guidance = float(guidance_scale if guidance_scale is not None else model.guidance_scale)
     label = name or _model_label(model, run)
