@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,12 +113,53 @@ def check_replaceable(path: str | os.PathLike[str], kind: str) -> Path:
     return path
 
 
+#: names of featinv's temp files/folders: ".NAME." + tempfile's 8 random characters + ".tmp[.ext]" / ".old"
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp(\.[A-Za-z0-9]+)?|old)$")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic rename (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if sys.platform != "linux":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # filesystem or kernel without the flag
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def recover_swaps(parent: str | os.PathLike[str]) -> list[Path]:
+    """Finish what a killed two-phase swap left: a folder moved aside but never replaced is moved back.
+
+    Only used where the one-rename exchange is unsupported; returns the folders put back.
+    """
+    restored = []
+    for aside in Path(parent).glob(".*.old"):
+        if not _TEMP_NAME.match(aside.name):
+            continue
+        held = aside / "x"
+        name = aside.name[1:].rsplit(".", 2)[0]  # ".NAME.XXXXXXXX.old"
+        target = aside.parent / name
+        if held.is_dir() and not target.exists():
+            os.replace(held, target)
+            restored.append(target)
+    return restored
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` once the block succeeds.
 
     ``kind`` names what the folder holds (``"concepts"``, ``"checkpoint"`` ...); it is recorded in a
-    marker so that only featinv's own earlier output of the same kind is ever replaced.
+    marker so that only featinv's own earlier output of the same kind is ever replaced. The swap is one
+    atomic exchange where the OS has it (Linux), so a kill at any moment leaves either the old or the new
+    folder; elsewhere a kill between the two renames is undone by :func:`recover_swaps` at the next start.
     """
     path = check_replaceable(path, kind)
     ensure_output_dir(path.parent)
@@ -123,16 +168,77 @@ def atomic_dir(path: str | os.PathLike[str], kind: str) -> Iterator[Path]:
     try:
         yield tmp
         write_text(tmp / OWNER_MARKER, json.dumps({"kind": kind}) + "\n")
-        if path.exists():
+        if not path.exists():
+            os.replace(tmp, path)
+        elif _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+        else:
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_temp_leftovers(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the hidden temp files/folders that killed atomic writes left anywhere under ``folder``.
+
+    Call only while holding the folder's :func:`output_lock`: then no live writer owns them. Interrupted
+    two-phase swaps are completed first, so nothing that still holds a result is deleted.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for root, dirs, files in os.walk(folder):
+        recover_swaps(root)
+        for name in [*dirs, *files]:
+            if _TEMP_NAME.match(name):
+                target = Path(root) / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+                removed.append(target)
+        dirs[:] = [d for d in dirs if (Path(root) / d).exists()]
+    return removed
+
+
+LOCK_FILE = ".featinv.lock"
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
+    """Hold an exclusive lock on an output folder while a command writes into it.
+
+    A second writer gets one line naming the command that holds it. The lock is an OS file lock
+    (``filelock``), so a lock left by a killed process is free again at once and simply taken over.
+    On entry, temp leftovers of earlier killed writes are cleaned (see :func:`clean_temp_leftovers`).
+    """
+    from filelock import FileLock, Timeout
+
+    folder = ensure_output_dir(folder)
+    lock = FileLock(str(folder / LOCK_FILE))
+    holder_file = folder / (LOCK_FILE + ".json")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            holder = json.loads(holder_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            holder = {}
+        who = f"`{holder.get('command', 'another featinv command')}` (pid {holder.get('pid', '?')})"
+        raise FeatinvError(f"output folder {folder} is in use by {who}; wait for it to finish or choose another "
+                           "output folder") from None
+    try:
+        write_json(holder_file, {"command": command, "pid": os.getpid()})
+        clean_temp_leftovers(folder)
+        yield folder
+    finally:
+        holder_file.unlink(missing_ok=True)
+        lock.release()
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

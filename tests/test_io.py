@@ -113,3 +113,66 @@ def test_written_files_get_normal_permissions(tmp_path):
     os.umask(umask)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_atomic_dir_swaps_in_one_exchange_where_the_os_can(tmp_path):
+    from featinv.io import _exchange
+
+    target = tmp_path / "c"
+    with atomic_dir(target, kind="thing") as tmp:
+        (tmp / "a").write_text("old")
+    a, b = tmp_path / "x", tmp_path / "y"
+    a.mkdir()
+    b.mkdir()
+    (a / "f").write_text("a")
+    if _exchange(a, b):  # Linux: both names exist at every moment, contents swapped
+        assert (b / "f").read_text() == "a" and not (a / "f").exists()
+    with atomic_dir(target, kind="thing") as tmp:
+        (tmp / "a").write_text("new")
+    assert (target / "a").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "x", "y"]
+
+
+def test_a_killed_two_phase_swap_is_completed_and_temp_leftovers_cleaned(tmp_path):
+    from featinv.io import clean_temp_leftovers
+
+    run = tmp_path / "run"
+    run.mkdir()
+    aside = run / ".concepts.ab12cd34.old"  # killed between the two renames: the folder lives only here
+    (aside / "x").mkdir(parents=True)
+    (aside / "x" / "config.json").write_text("{}")
+    (run / ".concepts.zz99yy88.tmp").mkdir()  # the new folder that never got renamed into place
+    (run / ".img.png.k3j4h5g6.tmp.png").write_bytes(b"half")
+    (run / ".mine.tmp").write_text("a user's hidden file is not ours")
+    removed = clean_temp_leftovers(run)
+    assert (run / "concepts" / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in run.iterdir()) == [".mine.tmp", "concepts"]
+    assert len(removed) == 3
+
+
+def test_output_lock_refuses_a_second_writer_and_is_taken_over_after_a_kill(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from featinv.io import output_lock
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from featinv.io import output_lock\n"
+         "with output_lock(sys.argv[1], 'featinv train --out X'):\n    print('locked', flush=True); time.sleep(60)",
+         str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # gate on observed progress, not on timing
+        with pytest.raises(FeatinvError, match=r"in use by `featinv train --out X` \(pid \d+\)"), \
+                output_lock(out, "featinv eval"):
+            pass
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+    deadline = time.monotonic() + 10
+    with output_lock(out, "featinv eval") as folder:  # the dead holder's OS lock is gone: taken over at once
+        assert folder == out and time.monotonic() < deadline
