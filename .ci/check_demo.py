@@ -1,4 +1,5 @@
-"""CI check of `featinv demo --quick`: every output exists and the metrics are sane numbers."""
+"""CI check of `featinv demo --quick`: every output exists, the metrics are sane numbers, and the paper's
+central finding holds (unpooled beats pooled on feature cosine similarity)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def main(out: Path) -> None:
         label = summary["fid"]["label"]
         assert label.startswith("FID[") and "pooled" in label, f"FID substitute is not labelled as such: {label}"
         assert math.isfinite(summary["fid"]["value"]), f"{variant} FID substitute is not finite"
+    unpooled, pooled = (metrics["results"][v]["cosine_sim"]["mean"] for v in ("unpooled", "pooled"))
+    assert unpooled > pooled, f"unpooled cosine {unpooled:.3f} does not beat pooled {pooled:.3f} (the paper's ordering)"
+    assert metrics["unpooled_beats_pooled_on_cosine"] is True, "the demo's own verdict disagrees with its numbers"
     print(f"demo outputs OK: cosine unpooled {metrics['results']['unpooled']['cosine_sim']['mean']:.3f}, "
           f"pooled {metrics['results']['pooled']['cosine_sim']['mean']:.3f}")
 
