@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +38,29 @@ class ImageList:
         return groups
 
 
-def find_images(path: str | os.PathLike[str], recursive: bool = True) -> ImageList:
+def _walk(root: Path, recursive: bool) -> list[Path]:
+    """Every non-hidden entry under ``root``; symlinked folders are followed once (a link loop is not)."""
+    entries: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen:  # reached again through a link: a loop or a duplicate
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+        entries += [Path(folder) / name for name in files if not name.startswith(".")]
+    return sorted(entries)
+
+
+def find_images(path: str | os.PathLike[str], recursive: bool = True,
+                exclude: Iterable[str | os.PathLike[str]] = ()) -> ImageList:
     """List image files (by extension) in a folder, or the single image file given.
 
-    Non-image files are counted in ``skipped``; a missing or image-less folder is refused clearly.
+    Non-image files, and FIFOs or devices named like images (reading one would block for ever), are
+    counted in ``skipped``; symlinked subfolders are followed once; anything under ``exclude`` (e.g. the
+    command's own output folder inside the input folder) is left out. A missing or image-less folder is
+    refused clearly.
     """
     root = Path(path)
     if not root.exists():
@@ -48,37 +69,77 @@ def find_images(path: str | os.PathLike[str], recursive: bool = True) -> ImageLi
         if root.suffix.lower() not in IMAGE_EXTENSIONS:
             raise FeatinvError(f"{root} is not an image file ({root.suffix or 'no extension'}); pass a .png/.jpg image")
         return ImageList(root.parent, [root])
+    if not root.is_dir():
+        raise FeatinvError(f"data path {root} is neither a regular file nor a folder; pass an image file or a folder")
     if not os.access(root, os.R_OK | os.X_OK):
         raise FeatinvError(f"data folder {root} is not readable; fix its permissions or pass another folder")
+    excluded = [Path(e).resolve() for e in exclude]
     found: list[Path] = []
     skipped: list[Path] = []
-    walker = root.rglob("*") if recursive else root.glob("*")
-    for candidate in sorted(walker):
-        if candidate.is_dir() or any(part.startswith(".") for part in candidate.relative_to(root).parts):
+    for candidate in _walk(root, recursive):
+        if any(candidate.resolve().is_relative_to(e) for e in excluded):
             continue
-        (found if candidate.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(candidate)
+        image_like = candidate.suffix.lower() in IMAGE_EXTENSIONS and candidate.is_file()
+        (found if image_like else skipped).append(candidate)
     if not found:
         raise FeatinvError(f"no images found in {root} ({len(skipped)} other files); pass a folder containing .png/.jpg images")
     return ImageList(root, found, skipped)
 
 
-def try_open_image(path: str | os.PathLike[str]) -> Image.Image | None:
-    """Open an image as RGB, or None when the file is corrupt, truncated or not an image."""
+#: decoded-size bound: a small file can hold a huge image (a 100-megapixel PNG of 291 KB decodes to GBs)
+MAX_PIXELS_ENV = "FEATINV_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) featinv decodes; ``FEATINV_MAX_IMAGE_PIXELS`` raises it."""
+    value = os.environ.get(MAX_PIXELS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with 16-bit and float images scaled into 8 bits (Pillow's convert would clip them white/black)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        else:
+            scale = 255.0 / 65535.0 if img.mode.startswith("I;16") or (values.size and values.max() > 255) else 1.0
+        gray = np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
+def _open_rgb(path: str | os.PathLike[str]) -> Image.Image | str:
+    """An RGB image, or the reason it cannot be one (one phrase, for skip lists and errors)."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "not a regular file (a FIFO or device would block reading)"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the bound below is ours
+            with Image.open(path) as img:
+                if img.width * img.height > max_image_pixels():
+                    return (f"{img.width}x{img.height} pixels, over the {max_image_pixels():,}-pixel bound "
+                            f"(set {MAX_PIXELS_ENV} to allow it)")
+                img.load()
+                return _to_rgb(img)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
-        return None
+        return "corrupt, truncated or another format"
+
+
+def try_open_image(path: str | os.PathLike[str]) -> Image.Image | None:
+    """Open an image as RGB, or None when the file is corrupt, truncated, too large or not an image."""
+    img = _open_rgb(path)
+    return img if isinstance(img, Image.Image) else None
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open an image as RGB or fail with one line naming the file."""
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FeatinvError(f"image {path} does not exist; check the path")
-    img = try_open_image(path)
-    if img is None:
-        raise FeatinvError(f"{path} is not a readable image (corrupt, truncated or another format); replace or remove it")
+    img = _open_rgb(path)
+    if not isinstance(img, Image.Image):
+        raise FeatinvError(f"{path} is not a readable image ({img}); replace or remove it")
     return img
 
 

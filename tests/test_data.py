@@ -41,3 +41,53 @@ def test_builtin_photos_are_real_colour_images():
     photos = builtin_photos()
     assert len(photos) >= 8
     assert all(img.mode == "RGB" and min(img.size) >= 256 for _, img in photos)
+
+
+def test_symlinked_class_folders_are_followed_once_and_loops_stop(tmp_path):
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    _save(data / "n01" / "a.png")
+    _save(elsewhere / "n02" / "b.png")
+    (data / "n02").symlink_to(elsewhere / "n02", target_is_directory=True)
+    (elsewhere / "n02" / "loop").symlink_to(elsewhere / "n02", target_is_directory=True)  # a link loop
+    listing = find_images(data)
+    assert [str(p.relative_to(data)) for p in listing.paths] == ["n01/a.png", "n02/b.png"]
+    assert set(listing.classes()) == {"n01", "n02"}
+
+
+def test_fifo_named_like_an_image_is_skipped_not_read(tmp_path):
+    import os
+
+    _save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b.png")  # reading it would block for ever
+    listing = find_images(tmp_path)
+    assert [p.name for p in listing.paths] == ["a.png"] and [p.name for p in listing.skipped] == ["b.png"]
+    assert try_open_image(tmp_path / "b.png") is None
+    with pytest.raises(FeatinvError, match="not a regular file"):
+        open_image(tmp_path / "b.png")
+
+
+def test_16_bit_and_float_images_keep_their_brightness(tmp_path):
+    ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "deep.png")  # 16-bit grayscale PNG
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(tmp_path / "float.tif")
+    for name in ("deep.png", "float.tif"):
+        pixels = np.asarray(open_image(tmp_path / name), dtype=np.float64)
+        assert pixels.shape == (64, 64, 3)
+        assert abs(pixels.mean() - 127.5) < 2, (name, pixels.mean())  # not clipped to white or black
+        assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255
+
+
+def test_decoded_size_is_bounded_with_a_clear_message(tmp_path, monkeypatch):
+    _save(tmp_path / "big.png")  # 16x16 = 256 pixels
+    monkeypatch.setenv("FEATINV_MAX_IMAGE_PIXELS", "100")
+    with pytest.raises(FeatinvError, match=r"16x16 pixels, over the 100-pixel bound \(set FEATINV_MAX_IMAGE_PIXELS"):
+        open_image(tmp_path / "big.png")
+    assert try_open_image(tmp_path / "big.png") is None
+    monkeypatch.delenv("FEATINV_MAX_IMAGE_PIXELS")
+    assert open_image(tmp_path / "big.png").size == (16, 16)
+
+
+def test_excluded_output_folder_inside_the_inputs_is_not_reingested(tmp_path):
+    _save(tmp_path / "a.png")
+    _save(tmp_path / "out" / "a_s0.png")
+    assert [p.name for p in find_images(tmp_path, exclude=[tmp_path / "out"]).paths] == ["a.png"]
