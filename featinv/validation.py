@@ -8,7 +8,8 @@ from typing import Any
 
 from featinv.errors import FeatinvError
 
-__all__ = ["check_device", "check_finite", "check_guidance", "check_seeds"]
+__all__ = ["check_count", "check_device", "check_finite", "check_guidance", "check_number", "check_seeds",
+           "check_steps"]
 
 def check_guidance(value: Any, name: str = "guidance scale") -> float:
     """A finite guidance scale >= 0 (1 = conditional branch only; below 1 leans toward unconditional)."""
@@ -59,6 +60,8 @@ def check_seeds(seeds: Any) -> list[int]:
         integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
         if isinstance(value, bool) or not integral:
             raise FeatinvError(f"seed {value!r} is not an integer; pass integer seeds, e.g. 0,1,2")
+        if not 0 <= int(value) < 2**64:
+            raise FeatinvError(f"seed {value} is out of range; seeds are integers from 0 to 2**64 - 1")
         checked.append(int(value))
     if not checked:
         raise FeatinvError("no seeds given; pass at least one integer seed, e.g. 0")
@@ -72,3 +75,31 @@ def check_finite(tensor: Any, what: str, fix: str) -> None:
     if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise FeatinvError(f"{what} contain {bad} NaN or infinite values; {fix}")
+
+
+def check_steps(steps: Any, limit: int = 1000, name: str = "steps") -> int:
+    """A denoising step count from 1 to ``limit`` (the base's training timesteps: a scheduler cannot take more)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+        raise FeatinvError(f"{name} must be an integer from 1 to {limit} (the base's training timesteps), "
+                           f"got {steps!r}; e.g. 50 (the paper) or 25")
+    return steps
+
+
+def check_count(value: Any, name: str, low: int = 1, high: int | None = None) -> int:
+    """An integer count within bounds (batch sizes, epochs as whole numbers, image sizes)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise FeatinvError(f"{name} must be an integer {bound}, got {value!r}")
+    return value
+
+
+def check_number(value: Any, name: str, low: float = 0.0, high: float | None = None) -> float:
+    """A finite number within bounds (``inf`` and NaN are refused: no loop may run for ever)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FeatinvError(f"{name} {value!r} is not a number") from None
+    if not math.isfinite(number) or number < low or (high is not None and number > high):
+        bound = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
+        raise FeatinvError(f"{name} must be a finite number {bound}, got {value!r}")
+    return number
