@@ -185,7 +185,11 @@ def test_torchscript_inception_file(tmp_path) -> None:
 
     path = tmp_path / "inception-2015-12-05.pt"
     torch.jit.script(Fake()).save(str(path))
-    embed = metrics.load_fid_inception(path)
+    assert metrics.is_torchscript(path)
+    with pytest.raises(FeatinvError, match="TorchScript file, which can run code"):
+        metrics.load_fid_inception(path)  # merely found somewhere: never loaded
+    with pytest.warns(UserWarning, match="no safe mode"):
+        embed = metrics.load_fid_inception(path, trusted=True)  # the user named it
     out = embed(torch.full((2, 3, 8, 8), 0.5))
     assert out.shape == (2, 12)
     np.testing.assert_allclose(out.numpy(), 0.5, atol=1e-3)
@@ -207,3 +211,20 @@ def test_backbone_substitute_is_labelled() -> None:
     assert space.fid_label == "FID[timm:tf_efficientnet_lite0 pooled]"
     assert space.kid_label == "KID[timm:tf_efficientnet_lite0 pooled]"
     assert space(torch.rand(3, 3, 4, 4)).shape == (3, 3)
+
+
+def test_torchscript_found_in_a_cache_folder_is_refused_but_a_named_one_loads(tmp_path, monkeypatch) -> None:
+    class Fake(torch.nn.Module):
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            return x.mean(dim=(2, 3))
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    torch.jit.script(Fake()).save(str(cache / "inception-2015-12-05.pt"))
+    monkeypatch.setattr(metrics, "default_inception_locations", lambda: [cache])
+    monkeypatch.delenv(metrics.INCEPTION_ENV, raising=False)
+    with pytest.raises(FeatinvError, match="name it yourself"):
+        metrics.resolve_feature_space("inception")
+    monkeypatch.setenv(metrics.INCEPTION_ENV, str(cache / "inception-2015-12-05.pt"))
+    with pytest.warns(UserWarning, match="no safe mode"):
+        assert metrics.resolve_feature_space("inception").is_inception

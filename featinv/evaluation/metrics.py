@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,21 +339,37 @@ def _fid_inception_module() -> torch.nn.Module:
     return net.eval()
 
 
-def load_fid_inception(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+def is_torchscript(path: str | os.PathLike[str]) -> bool:
+    """Whether a file is a TorchScript archive (a zip holding ``code/``), which can run code when loaded."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def load_fid_inception(path: str | os.PathLike[str], device: str | torch.device = "cpu",
+                       trusted: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """Load the FID network from a local file; returns ``images01 [B,3,H,W] -> pool3 [B, 2048]``.
 
-    A TorchScript file (clean-fid's ``inception-2015-12-05.pt``) takes 0..255 pixels and resizes
-    itself; a state dict (pytorch-fid / torch-fidelity ``.pth``) is loaded into the patched
-    torchvision network, fed 299×299 bilinear-resized images scaled to [-1, 1].
+    A state dict (pytorch-fid / torch-fidelity ``.pth``) is loaded data-only into the patched torchvision
+    network, fed 299×299 bilinear-resized images scaled to [-1, 1]. A TorchScript file (clean-fid's
+    ``inception-2015-12-05.pt``, takes 0..255 pixels and resizes itself) has no safe loading mode, so it
+    is loaded only when ``trusted`` — the user named the file (``--fid PATH`` or ``$FEATINV_INCEPTION_WEIGHTS``)
+    — and then with a warning; a TorchScript file merely found in a cache folder is refused.
     """
     path = Path(path)
     if not path.is_file():
         raise FeatinvError(f"Inception weights not found at {path}; {inception_hint()}")
-    try:
+    if is_torchscript(path):
+        if not trusted:
+            raise FeatinvError(f"{path} is a TorchScript file, which can run code when loaded; name it yourself "
+                               f"(--fid {path} or ${INCEPTION_ENV}) to trust it, or use the .pth state dict")
+        warnings.warn(f"loading TorchScript FID weights {path}: TorchScript has no safe mode, so this runs code "
+                      "from that file; use it only if you trust its source", UserWarning, stacklevel=2)
         scripted = torch.jit.load(str(path), map_location=device).eval()
-    except Exception:  # not a TorchScript archive: treat it as a state dict below
-        scripted = None
-    if scripted is not None:
+
         def embed_script(images01: torch.Tensor) -> torch.Tensor:
             x = (images01.to(device).clamp(0, 1) * 255.0).float()
             return scripted(x, return_features=True).reshape(len(x), -1)
@@ -388,7 +405,9 @@ def inception_feature_space(path: str | os.PathLike[str] | None = None, device: 
     found = find_inception_weights(path)
     if found is None:
         raise FeatinvError(f"no FID Inception weights installed; {inception_hint()}")
-    return FeatureSpace(name="inception-v3 pool3", embed=load_fid_inception(found, device), is_inception=True)
+    named = bool(path or os.environ.get(INCEPTION_ENV))
+    return FeatureSpace(name="inception-v3 pool3", embed=load_fid_inception(found, device, trusted=named),
+                        is_inception=True)
 
 
 def backbone_feature_space(backbone: Any) -> FeatureSpace:
@@ -419,7 +438,7 @@ def resolve_feature_space(
     if choice == "auto":
         found = find_inception_weights()
         if found is not None:
-            return FeatureSpace(name="inception-v3 pool3", embed=load_fid_inception(found, device), is_inception=True)
+            return inception_feature_space(None, device)
         if backbone is None:
             return None
         return backbone_feature_space(backbone)
