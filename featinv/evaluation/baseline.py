@@ -35,29 +35,15 @@ class BaselineResult:
 def encode_prompts(base_spec: str, prompts: Sequence[str], device: str = "cpu") -> torch.Tensor:
     """CLIP embeddings ``[N, L, D]`` of arbitrary prompts for an ``sd:`` base.
 
-    The base object keeps only its two fixed prompt embeddings, so the tokenizer and text encoder are
-    read again from the same (local or cached) diffusers folder; nothing is downloaded offline.
+    A convenience over :meth:`featinv.diffusion.bases.StableDiffusionBase.encode_prompts` (the one
+    prompt-embedding path); with a loaded base, call that method instead.
     """
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from featinv.diffusion.bases import StableDiffusionBase, load_base
 
-    from featinv.diffusion.bases import _hub_offline
-
-    source = base_spec.split(":", 1)[1] if base_spec.startswith("sd:") else base_spec
-    local = Path(source).expanduser()
-    kw = {"local_files_only": local.exists() or _hub_offline()}
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(str(local) if local.exists() else source, subfolder="tokenizer", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(str(local) if local.exists() else source, subfolder="text_encoder", **kw)
-    except Exception as exc:  # transformers raises OSError/ValueError/... for a missing or partial folder
-        raise FeatinvError(
-            f"cannot load the text encoder of {base_spec} ({type(exc).__name__}); the class-prompt baseline needs a "
-            "Stable Diffusion folder with tokenizer/ and text_encoder/ (sd:DIR)"
-        ) from None
-    text_encoder.to(device).eval()
-    with torch.no_grad():
-        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids
-        return text_encoder(ids.to(device))[0].float()
+    base = load_base(base_spec if base_spec.startswith("sd:") else f"sd:{base_spec}", device=device)
+    if not isinstance(base, StableDiffusionBase):
+        raise FeatinvError(f"{base_spec} is not a text-conditioned base; prompts need an sd:DIR base")
+    return base.encode_prompts(prompts)
 
 
 def class_baseline(
@@ -121,7 +107,7 @@ def class_baseline(
         uncond = sd.prompt_embeds[1:2]
         latent_shape = (sd.latent_channels, sd.latent_size, sd.latent_size)
         for batch in progress_bar(list(chunks(pending, batch_size)), description="class prompts", enabled=progress):
-            cond = encode_prompts(sd.spec, [table[c].prompt for c, _ in batch], device=device)
+            cond = sd.encode_prompts([table[c].prompt for c, _ in batch])
             with torch.no_grad():
                 latents = denoise(sd.unet, None, sd.make_scheduler(scheduler), None,
                                   cond.to(sd.device), uncond.expand(len(batch), -1, -1), [j for _, j in batch],
