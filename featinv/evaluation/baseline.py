@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from featinv.errors import FeatinvError
-from featinv.evaluation.evaluate import INDEX_VERSION, load_backbones, save_png, square
+from featinv.evaluation.evaluate import load_backbones, square
 from featinv.evaluation.sources import chunks
 from featinv.evaluation.tables import baseline_markdown
-from featinv.io import ensure_output_dir, read_json, write_json, write_text
+from featinv.io import ensure_output_dir, write_json, write_text
+from featinv.outputs import ResumableIndex, save_png
 
 __all__ = ["BaselineResult", "class_baseline", "encode_prompts"]
 
@@ -91,13 +92,11 @@ def class_baseline(
     jobs = [(c, j) for c in chosen for j in range(per_class)]
     out_dir = ensure_output_dir(out) if out is not None else None
     done: dict[str, dict[str, Any]] = {}
+    index: ResumableIndex | None = None
     if out_dir is not None:
         ensure_output_dir(out_dir / "images")
-        if (out_dir / "index.json").is_file():
-            index = read_json(out_dir / "index.json", what="baseline index")
-            if index.get("settings") != settings:
-                raise FeatinvError(f"{out_dir} holds a baseline with other settings; use another --out folder")
-            done = {r["key"]: r for r in index.get("rows", [])}
+        index = ResumableIndex(out_dir / "index.json", settings, what="baseline index")
+        done = index.load(lambda _: f"{out_dir} holds a baseline with other settings; use another --out folder")
     pending = [job for job in jobs if f"{job[0]}#s{job[1]}" not in done]
     if limit is not None:
         pending = pending[: max(0, limit)]
@@ -121,9 +120,8 @@ def class_baseline(
                     row["file"] = f"images/{c:04d}_{re.sub(r'[^A-Za-z0-9]+', '_', table[c].name)}_s{j}.png"
                     save_png(generated[key], out_dir / row["file"])
                 done[key] = row
-            if out_dir is not None:
-                write_json(out_dir / "index.json", {"version": INDEX_VERSION, "settings": settings,
-                                                    "rows": list(done.values())})
+            if index is not None:
+                index.save()
     order = {f"{c}#s{j}": i for i, (c, j) in enumerate(jobs)}
     rows = sorted((r for k, r in done.items() if k in order), key=lambda r: order[r["key"]])
     if not rows:

@@ -27,11 +27,11 @@ from PIL import Image
 from featinv.errors import FeatinvError
 from featinv.evaluation.sources import DataArg, SourceImage, chunks, collect_sources, process_group, shard
 from featinv.evaluation.tables import cross_markdown, summary_markdown
-from featinv.io import atomic_write, ensure_output_dir, read_json, write_json, write_text
+from featinv.io import ensure_output_dir, read_json, write_json, write_text
+from featinv.outputs import ResumableIndex, save_png
 
 __all__ = ["EvalResult", "evaluate", "load_backbones"]
 
-INDEX_VERSION = 1
 SUBSTITUTE_SPEC = "timm:tf_efficientnet_lite0"  # offline pretrained backbone for the labelled FID substitute
 
 
@@ -95,14 +95,6 @@ def _safe_name(name: str, seed: int) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).with_suffix("").as_posix().replace("/", "__"))[-60:]
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
     return f"{stem}-{digest}_s{seed}.png"
-
-
-def save_png(img: Image.Image, path: Path) -> None:
-    """Write a PNG atomically (an interrupted run never leaves a half-written image behind)."""
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
-    with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())
 
 
 def square(img: Image.Image, size: int) -> torch.Tensor:
@@ -238,9 +230,9 @@ def evaluate(
     out_dir = ensure_output_dir(out) if out is not None else None
     keep = keep_images if keep_images is not None else out_dir is None
     done: dict[str, dict[str, Any]] = {}
-    index_path: Path | None = None
+    index: ResumableIndex | None = None
     if out_dir is not None:
-        index_path = out_dir / ("index.json" if world == 1 else f"index-rank{rank}-of-{world}.json")
+        index = _index(out_dir / ("index.json" if world == 1 else f"index-rank{rank}-of-{world}.json"), settings)
         done = _read_indexes(out_dir, settings, overwrite)
         ensure_output_dir(out_dir / "images")
 
@@ -276,8 +268,8 @@ def evaluate(
             if keep:
                 kept[key] = img
             my_rows[key] = row
-        if index_path is not None:
-            write_json(index_path, {"version": INDEX_VERSION, "settings": settings, "rows": list(my_rows.values())})
+        if index is not None:
+            index.save(my_rows.values())
     if unreadable and not my_rows:
         raise FeatinvError(f"none of the {len(unreadable)} images could be read ({next(iter(unreadable.values()))}); "
                            "pass a folder of readable images")
@@ -366,25 +358,27 @@ def _reconstruct_batch(
     return out
 
 
+def _index(path: Path, settings: dict[str, Any]) -> ResumableIndex:
+    """One rank's index file; the judging backbones may change between runs (rows are checked instead)."""
+    return ResumableIndex(path, settings, what="evaluation index", ignored=("evaluate_with",))
+
+
 def _read_indexes(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, dict[str, Any]]:
     """Rows already finished in ``out_dir`` (all ranks' index files); refuse mixing settings."""
+
+    def refusal(changed: list[str]) -> str:
+        return (f"{out_dir} holds an evaluation with other settings ({', '.join(sorted(changed)) or 'version'}); "
+                "use another --out folder or pass --overwrite")
+
     rows: dict[str, dict[str, Any]] = {}
     for path in sorted(out_dir.glob("index*.json")):
-        index = read_json(path, what="evaluation index")
         if overwrite:
+            read_json(path, what="evaluation index")  # an unreadable index is reported, not silently dropped
             path.unlink()
             continue
-        theirs = {k: v for k, v in index.get("settings", {}).items() if k not in ("evaluate_with",)}
-        ours = {k: v for k, v in settings.items() if k not in ("evaluate_with",)}
-        if index.get("version") != INDEX_VERSION or theirs != ours:
-            changed = sorted(k for k in ours if theirs.get(k) != ours[k])
-            raise FeatinvError(
-                f"{out_dir} holds an evaluation with other settings ({', '.join(changed) or 'version'}); "
-                "use another --out folder or pass --overwrite"
-            )
-        for row in index.get("rows", []):
+        for key, row in _index(path, settings).load(refusal).items():
             if all(spec in row.get("cross", {}) for spec in settings["evaluate_with"]):
-                rows[row["key"]] = row
+                rows[key] = row
     return rows
 
 
