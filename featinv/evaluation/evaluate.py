@@ -99,13 +99,12 @@ def _safe_name(name: str, seed: int) -> str:
 
 def square(img: Image.Image, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size`` and centre-crop: originals at the reconstructions' size for FID."""
-    from featinv.data import to_tensor01
+    from featinv.data import center_crop_box, to_tensor01
 
     w, h = img.size
     scale = size / min(w, h)
     img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    left, top = (img.width - size) // 2, (img.height - size) // 2
-    return to_tensor01(img.crop((left, top, left + size, top + size)))
+    return to_tensor01(img.crop(center_crop_box(img.width, img.height)))  # the shorter side is ``size``
 
 
 def _embed(space: Any, images: Iterable[Image.Image], resolution: int, chunk: int = 64) -> torch.Tensor:
