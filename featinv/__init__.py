@@ -17,7 +17,7 @@ _LAZY: dict[str, str] = {
     "FeatinvError": "featinv.errors",
     "evaluate": "featinv.evaluation.evaluate",
     "EvalResult": "featinv.evaluation.evaluate",
-    "class_baseline": "featinv.evaluation.evaluate",
+    "class_baseline": "featinv.evaluation.baseline",
     "cosine_median": "featinv.evaluation.metrics",
     "topk_match": "featinv.evaluation.metrics",
     "mean_ci95": "featinv.evaluation.metrics",

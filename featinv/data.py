@@ -7,6 +7,7 @@ import stat
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -161,10 +162,39 @@ def to_tensor01(img: Image.Image):  # -> torch.Tensor
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def to_uint8(images01) -> np.ndarray:  # images01: torch.Tensor | np.ndarray
+    """``[3, H, W]`` (or ``[H, W, 3]``) floats in [0, 1], tensor or array -> ``[H, W, 3]`` uint8 (clamped,
+    rounded): the one float -> 8-bit conversion (PNGs, grids and figure panels all go through it)."""
+    import torch
+
+    array = images01.detach().float().cpu().numpy() if isinstance(images01, torch.Tensor) else np.asarray(images01)
+    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+        array = array.transpose(1, 2, 0)
+    if array.dtype == np.uint8:
+        return array.copy()
+    return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
 def to_pil(tensor01) -> Image.Image:  # tensor01: torch.Tensor [3, H, W]
     """Float tensor [3, H, W] in [0, 1] -> PIL RGB (clamped, rounded)."""
-    array = (tensor01.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
-    return Image.fromarray(array)
+    return Image.fromarray(to_uint8(tensor01.permute(1, 2, 0)))  # channels last: never ambiguous, even 3 px wide
+
+
+def center_crop_box(width: int, height: int, ratio: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` of the largest centred crop whose aspect ratio (width / height) lies
+    within ``ratio`` (a square by default): the one centre-crop computation (backbone input, figure panels,
+    training crops, FID originals). Exact arithmetic (pass a ``Fraction`` for a ratio like 4/3), so the box
+    never depends on float rounding."""
+    low, high = Fraction(ratio[0]), Fraction(ratio[1])
+    aspect = Fraction(width, height)
+    if aspect < low:
+        w, h = width, round(width / low)
+    elif aspect > high:
+        w, h = round(height * high), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
 
 
 def builtin_photos() -> list[tuple[str, Image.Image]]:

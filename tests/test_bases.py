@@ -50,6 +50,12 @@ def test_sd_prompt_embeddings_are_the_cached_clip_outputs(sd_base, sd_dir):
     assert not hasattr(sd_base, "text_encoder")
 
 
+def test_sd_encode_prompts_is_the_path_of_the_fixed_embeddings(sd_base):
+    fresh = sd_base.encode_prompts([NEGATIVE_PROMPT, PROMPT])  # the text encoder is read again on demand
+    assert fresh.shape[0] == 2 and fresh.device == sd_base.device
+    assert torch.equal(fresh[0], sd_base.prompt_embeds[1]) and torch.equal(fresh[1], sd_base.prompt_embeds[0])
+
+
 def test_sd_encode_decode_shapes_and_range(sd_base):
     images = torch.rand(3, 3, 20, 20)  # resized to the base resolution
     latents = sd_base.encode(images, generator=torch.Generator().manual_seed(0))

@@ -91,3 +91,28 @@ def test_excluded_output_folder_inside_the_inputs_is_not_reingested(tmp_path):
     _save(tmp_path / "a.png")
     _save(tmp_path / "out" / "a_s0.png")
     assert [p.name for p in find_images(tmp_path, exclude=[tmp_path / "out"]).paths] == ["a.png"]
+
+
+def test_center_crop_box_is_exact_for_ranges_and_fixed_aspects() -> None:
+    from fractions import Fraction
+
+    from featinv.data import center_crop_box
+
+    assert center_crop_box(40, 20) == (10, 0, 30, 20)  # a square by default
+    assert center_crop_box(20, 40) == (0, 10, 20, 30)
+    assert center_crop_box(30, 20, (3 / 4, 4 / 3)) == (1, 0, 28, 20)  # 4/3 of 20 is 26.67 -> 27
+    assert center_crop_box(21, 20, (3 / 4, 4 / 3)) == (0, 0, 21, 20)  # already within the range
+    assert center_crop_box(300, 400, (Fraction(4, 3),) * 2) == (0, 87, 300, 312)
+
+
+def test_to_uint8_and_to_pil_agree_and_accept_both_layouts() -> None:
+    import numpy as np
+    import torch
+
+    from featinv.data import to_pil, to_uint8
+
+    chw = torch.tensor([[[-0.5, 0.5, 1.5]], [[0.0, 1 / 255, 0.5 / 255]], [[1.0, 0.2, 0.7]]])  # [3, 1, 3]
+    hwc = chw.permute(1, 2, 0)
+    assert np.array_equal(to_uint8(hwc), np.asarray(to_pil(chw)))  # 3 px wide: to_pil is never ambiguous
+    assert to_uint8(hwc)[0, :, 0].tolist() == [0, 128, 255]
+    assert to_uint8(torch.rand(3, 4, 5)).shape == (4, 5, 3)

@@ -82,7 +82,7 @@ def test_eval_sweep_cli_writes_plot(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_class_prompt_baseline_on_tiny_sd(tmp_path: Path, capsys) -> None:
-    from featinv.evaluation.evaluate import class_baseline, encode_prompts
+    from featinv.evaluation.baseline import class_baseline, encode_prompts
 
     sd = make_tiny_sd(tmp_path)
     embeds = encode_prompts(f"sd:{sd}", ["tench", "zebra", "tench"])  # the tiny tokenizer keeps 8 characters

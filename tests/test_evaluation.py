@@ -12,6 +12,8 @@ from PIL import Image
 
 from featinv.errors import FeatinvError
 from featinv.evaluation import evaluate as evaluation
+from featinv.evaluation import sources as evaluation_sources
+from featinv.evaluation import tables
 from tests.fixtures_model import make_tiny_images, make_tiny_run
 
 FAST = {"steps": 2, "batch_size": 4, "fid": "backbone", "progress": False}
@@ -49,28 +51,28 @@ def count_reconstructions(monkeypatch) -> list[int]:
 
 def test_shard_is_disjoint_and_complete() -> None:
     items = list(range(11))
-    parts = [evaluation.shard(items, r, 3) for r in range(3)]
+    parts = [evaluation_sources.shard(items, r, 3) for r in range(3)]
     assert sorted(x for p in parts for x in p) == items
     assert all(not set(a) & set(b) for i, a in enumerate(parts) for b in parts[i + 1:])
     assert [len(p) for p in parts] == [4, 4, 3]
-    assert evaluation.shard(items, 0, 1) == items
+    assert evaluation_sources.shard(items, 0, 1) == items
     with pytest.raises(FeatinvError):
-        evaluation.shard(items, 3, 3)
+        evaluation_sources.shard(items, 3, 3)
 
 
 def test_collect_sources_per_class_flat_and_in_memory(data: Path, tmp_path: Path) -> None:
-    sources = evaluation.collect_sources(data, per_class=2)
+    sources = evaluation_sources.collect_sources(data, per_class=2)
     assert [(s.label, s.name) for s in sources] == [
         ("cat", "cat/img0.png"), ("cat", "cat/img1.png"), ("dog", "dog/img0.png"), ("dog", "dog/img1.png")]
-    flat = evaluation.collect_sources(data / "cat", per_class=None)
+    flat = evaluation_sources.collect_sources(data / "cat", per_class=None)
     assert {s.label for s in flat} == {"cat"} and len(flat) == 3
     img = Image.new("RGB", (8, 8), (10, 20, 30))
-    mem = evaluation.collect_sources([("a/x", img), ("b", img)], per_class=1)
+    mem = evaluation_sources.collect_sources([("a/x", img), ("b", img)], per_class=1)
     assert [(s.label, s.name) for s in mem] == [("a", "a/x"), ("images", "b")]
     with pytest.raises(FeatinvError, match="twice"):
-        evaluation.collect_sources([("b", img), ("b", img)])
+        evaluation_sources.collect_sources([("b", img), ("b", img)])
     with pytest.raises(FeatinvError, match="does not exist"):
-        evaluation.collect_sources(tmp_path / "missing")
+        evaluation_sources.collect_sources(tmp_path / "missing")
 
 
 def test_evaluate_writes_outputs_and_resumes(runs, data, tmp_path, count_reconstructions) -> None:
@@ -116,10 +118,10 @@ def test_two_process_shards_merge_on_rank_zero(runs, data, tmp_path, monkeypatch
     # Simulate `accelerate launch --num_processes 2`: rank 1 finishes first and only writes its index;
     # rank 0 does its half and merges both into one summary.
     out = tmp_path / "sharded"
-    monkeypatch.setattr(evaluation, "_process_group", lambda: (1, 2, lambda: None))
+    monkeypatch.setattr(evaluation, "process_group", lambda: (1, 2, lambda: None))
     part = evaluation.evaluate(runs["unpooled"], data, out=out, per_class=1, seeds=[0, 1], **FAST)
     assert part.summary == {} and len(part.rows) == 2 and (out / "index-rank1-of-2.json").is_file()
-    monkeypatch.setattr(evaluation, "_process_group", lambda: (0, 2, lambda: None))
+    monkeypatch.setattr(evaluation, "process_group", lambda: (0, 2, lambda: None))
     merged = evaluation.evaluate(runs["unpooled"], data, out=out, per_class=1, seeds=[0, 1], **FAST)
     assert count_reconstructions == [2, 2]
     assert merged.summary["complete"] and merged.summary["n_images"] == 4
@@ -159,20 +161,22 @@ def test_in_memory_items_and_cross_model(runs) -> None:
     cross = result.summary["cross_model"]["timm:test_convnext"]
     assert 0.0 <= cross["top1"] <= cross["top5"] <= 1.0
     assert all("timm:test_convnext" in r["cross"] for r in result.rows)
-    assert "Cross-model" in evaluation._cross_markdown([result.summary])
+    assert "Cross-model" in tables.cross_markdown([result.summary])
 
 
 def test_compare_reads_runs_and_eval_folders(runs, data, tmp_path) -> None:
     for kind in ("unpooled", "pooled"):
         evaluation.evaluate(runs[kind], data / "dog", out=runs[kind] / "eval" / "dog", per_class=1, **FAST)
-    summaries = evaluation.compare([runs["unpooled"], runs["pooled"] / "eval" / "dog"])
+    summaries = tables.compare([runs["unpooled"], runs["pooled"] / "eval" / "dog"])
     assert [s["pooled"] for s in summaries] == [False, True]
-    table = evaluation.markdown_table(summaries)
+    table = tables.summary_markdown(summaries)
     assert "(unpooled)" in table and "(pooled)" in table
-    same = evaluation.markdown_table([summaries[0], {**summaries[0], "guidance_scale": 3.0}])
+    same = tables.summary_markdown([summaries[0], {**summaries[0], "guidance_scale": 3.0}])
     assert "g=1.75 dog" in same and "g=3 dog" in same
     with pytest.raises(FeatinvError, match="no metrics.json"):
-        evaluation.compare([tmp_path])
+        tables.compare([tmp_path])
+    with pytest.warns(DeprecationWarning, match="summary_markdown"):
+        assert tables.markdown_table(summaries) == table  # the old name stays for one release
 
 
 def test_corrupt_and_truncated_images_are_skipped_and_counted(runs, tmp_path) -> None:

@@ -337,27 +337,22 @@ def warn_if_shifted(check: NormCheck, what: str, hint: str) -> str | None:
 
 
 def to_uint8(images01: Tensor | np.ndarray) -> np.ndarray:
-    """``[3, H, W]`` (or ``[H, W, 3]``) floats in [0, 1] -> ``[H, W, 3]`` uint8."""
-    array = images01.detach().float().cpu().numpy() if isinstance(images01, Tensor) else np.asarray(images01)
-    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
-        array = array.transpose(1, 2, 0)
-    if array.dtype == np.uint8:
-        return array.copy()
-    return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    """``[3, H, W]`` (or ``[H, W, 3]``) floats in [0, 1] -> ``[H, W, 3]`` uint8 (:func:`featinv.data.to_uint8`)."""
+    from featinv.data import to_uint8 as convert
+
+    return convert(images01)
 
 
 def display_image(image: Image.Image, size: int, aspect: tuple[int, int] = (1, 1)) -> np.ndarray:
     """The central crop the backbone sees (its input aspect ratio), resized to ``size`` x ``size`` uint8."""
+    from fractions import Fraction
+
     from PIL import Image as PILImage
 
+    from featinv.data import center_crop_box
+
     th, tw = aspect
-    w, h = image.size
-    if h * tw > w * th:
-        ch, cw = round(w * th / tw), w
-    else:
-        ch, cw = h, round(h * tw / th)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = image.convert("RGB").crop((left, top, left + cw, top + ch))
+    crop = image.convert("RGB").crop(center_crop_box(*image.size, (Fraction(tw, th),) * 2))
     return np.asarray(crop.resize((size, size), PILImage.BILINEAR), dtype=np.uint8).copy()
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from featinv.errors import FeatinvError
-from featinv.io import atomic_write, ensure_output_dir, read_json, write_json
+from featinv.io import ensure_output_dir
+from featinv.outputs import ResumableIndex, save_png
 
 INDEX_NAME = "index.json"
-_SETTINGS = ("run", "guidance_scale", "steps", "scheduler", "size")
 
 
 @dataclass
@@ -83,17 +83,14 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     run_name = str(Path(run).resolve()) if not isinstance(run, FeatInv) else repr(model)
     settings = {"run": run_name, "guidance_scale": guidance, "steps": steps, "scheduler": scheduler, "size": size}
 
-    index_path = out_dir / INDEX_NAME
-    entries: dict[str, dict[str, Any]] = {}
-    if index_path.exists() and not overwrite:
-        previous = read_json(index_path, what="reconstruction index")
-        changed = [k for k in _SETTINGS if previous.get(k) != settings[k]]
-        if changed:
-            raise FeatinvError(f"{out_dir} holds reconstructions made with other settings ({', '.join(changed)}); "
-                               "use another --out folder or pass --overwrite")
-        entries = {e["file"]: e for e in previous.get("items", [])}
+    index = ResumableIndex(out_dir / INDEX_NAME, settings, what="reconstruction index", key="file",
+                           rows_field="items", versioned=False)
+    if not overwrite:
+        index.load(lambda changed: f"{out_dir} holds reconstructions made with other settings ({', '.join(changed)}); "
+                                   "use another --out folder or pass --overwrite")
+    entries = index.rows
 
-    summary = ReconstructSummary(index_path)
+    summary = ReconstructSummary(index.path)
     pending: list[tuple[Path, int, Path]] = []
     for path, stem in items:
         for seed in seeds:
@@ -105,8 +102,7 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
                 pending.append((path, seed, target))
 
     def save_index() -> None:
-        ordered = sorted(entries.values(), key=lambda e: e["file"])
-        write_json(index_path, {**settings, "items": ordered, "unreadable": [str(p) for p in summary.unreadable]})
+        index.save(sorted(entries.values(), key=lambda e: e["file"]), unreadable=[str(p) for p in summary.unreadable])
 
     from featinv.progress import make_progress
 
@@ -131,8 +127,7 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
                                         bf16=bf16)
                 pictures = rec.resized(tuple(size)) if resize else rec.images
                 for (path, seed, target), picture in zip(chunk, pictures, strict=True):
-                    with atomic_write(target) as handle:
-                        to_pil(picture).save(handle, format="PNG")
+                    save_png(to_pil(picture), target)
                     summary.written.append(target)
                     entries[target.name] = {"file": target.name, "source": str(path), "seed": seed}
                 save_index()

@@ -22,7 +22,7 @@ def demo(
     Example: featinv demo --out featinv-demo --quick
     """
     from featinv.apps.demo import run_demo
-    from featinv.evaluation.evaluate import rich_table
+    from featinv.evaluation.tables import rich_table
 
     result = run_demo(out, quick=quick, seed=seed, quiet=quiet, say=lambda msg: console.print(f"[bold cyan]{msg}[/]"))
     console.print(rich_table(list(result.metrics["results"].values()), title="FeatInv demo — Table 1 in small"))

@@ -48,7 +48,7 @@ def _default_out(run: Path, data: Path, guidance: float | None, sub: str = "") -
 
 
 def _print_summaries(summaries: list[dict], title: str) -> None:
-    from featinv.evaluation.evaluate import cross_rich_table, rich_table
+    from featinv.evaluation.tables import cross_rich_table, rich_table
 
     console.print(rich_table(summaries, title=title))
     cross = cross_rich_table(summaries)
@@ -138,7 +138,7 @@ def eval_sweep(
     Example: featinv eval sweep --run runs/convnext --data val/ --guidance 1,1.75,3,5,8 --per-class 2
     """
     from featinv.cli.boundary import no_partial_output
-    from featinv.evaluation.evaluate import sweep
+    from featinv.evaluation.sweep import sweep
 
     scales = parse_float_list(guidance)
     target = out or _default_out(run, data, None, sub="sweep-")
@@ -174,7 +174,7 @@ def eval_compare(
 
     Example: featinv eval compare runs/convnext runs/convnext-pooled
     """
-    from featinv.evaluation.evaluate import compare
+    from featinv.evaluation.tables import compare
 
     summaries = compare(paths)
     if json_output:
@@ -206,7 +206,8 @@ def eval_baseline(
 
     Example: featinv eval baseline --base sd:./miniSD --backbone timm:convnext_base --per-class 10 --classes 0,1,2
     """
-    from featinv.evaluation.evaluate import baseline_markdown, class_baseline
+    from featinv.evaluation.baseline import class_baseline
+    from featinv.evaluation.tables import baseline_markdown
 
     result = class_baseline(base, backbone, per_class=per_class,
                             classes=parse_int_list(classes) if classes else None, out=out,

@@ -204,16 +204,52 @@ def _load_sd_parts(source: str, kw: dict[str, Any]) -> tuple[Any, Any, Any, Any,
     return unet, vae, tokenizer, text_encoder, scheduler_config
 
 
-@torch.no_grad()
-def _encode_prompts(tokenizer: Any, text_encoder: Any) -> torch.Tensor:
-    """Both prompts through CLIP once; no_grad (not inference_mode) so training may reuse the tensor."""
-    ids = tokenizer([PROMPT, NEGATIVE_PROMPT], padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids.to(text_encoder.device))[0].float()
-
-
 class StableDiffusionBase(DiffusionBase):
-    """A diffusers Stable Diffusion 1.x/2.x checkpoint (VAE, CLIP text encoder + tokenizer, UNet, schedule)."""
+    """A diffusers Stable Diffusion 1.x/2.x checkpoint (VAE, CLIP text encoder + tokenizer, UNet, schedule).
+
+    Training and sampling need only the two fixed prompt embeddings, so the text encoder is dropped after
+    load and read again from the same folder only when :meth:`encode_prompts` is asked for other prompts.
+    """
+
+    _text_source: tuple[str, dict[str, Any]] | None = None  # (folder or hub id, from_pretrained kwargs)
+    _text_parts: tuple[Any, Any] | None = None  # (tokenizer, text encoder) while held
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP embeddings ``[N, L, D]`` of ``prompts``: the one prompt-embedding path of featinv.
+
+        no_grad (not inference_mode) so training may reuse the fixed embeddings computed with it.
+        """
+        tokenizer, text_encoder = self._text_model()
+        ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids
+        return text_encoder(ids.to(text_encoder.device))[0].float()
+
+    def _text_model(self) -> tuple[Any, Any]:
+        """The tokenizer and text encoder, read again (offline-safe) from the base's source when dropped."""
+        if self._text_parts is None:
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            if self._text_source is None:
+                raise FeatinvError(f"{self.spec} was built without its text encoder; load it with load_base('sd:DIR')")
+            source, kw = self._text_source
+            try:
+                tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+                text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
+            except Exception as exc:  # transformers raises OSError/ValueError/... for a missing or partial folder
+                raise FeatinvError(
+                    f"cannot load the text encoder of {self.spec} ({type(exc).__name__}); encoding prompts needs a "
+                    "Stable Diffusion folder with tokenizer/ and text_encoder/ (sd:DIR)"
+                ) from None
+            self._text_parts = (tokenizer, text_encoder.to(self.device).eval())
+        return self._text_parts
+
+    def to(self, device: str | torch.device) -> StableDiffusionBase:
+        """Move the base (and the text encoder, while it is held) to ``device``; returns self."""
+        super().to(device)
+        if self._text_parts is not None:
+            self._text_parts[1].to(self.device)
+        return self
 
     @classmethod
     def load(cls, path_or_id: str, device: str | torch.device = "cpu") -> StableDiffusionBase:
@@ -249,11 +285,13 @@ class StableDiffusionBase(DiffusionBase):
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
-        text_encoder.eval()
-        prompt_embeds = _encode_prompts(tokenizer, text_encoder)
-        del text_encoder  # the two prompts are all FeatInv ever needs
         spec = f"sd:{local.resolve()}" if is_local else f"sd:{path_or_id}"  # absolute: runs load from any cwd
-        return cls(spec, unet, scheduler_config, prompt_embeds, vae=vae, device=device)
+        base = cls(spec, unet, scheduler_config, torch.empty(0), vae=vae)  # on the CPU, like the text encoder
+        base._text_source = (source, kw)
+        base._text_parts = (tokenizer, text_encoder.eval())
+        base.prompt_embeds = base.encode_prompts([PROMPT, NEGATIVE_PROMPT])  # row 0 fixed, row 1 empty
+        base._text_parts = None  # the two prompts are all training and sampling need; reread on demand
+        return base.to(device)
 
 
 # ---- pixel: a small pixel-space base trainable on a CPU --------------------------------------------

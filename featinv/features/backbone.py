@@ -13,6 +13,7 @@ number of prefix tokens -- :func:`to_nchw` turns it into ``[B, C, h, w]`` in row
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -254,14 +255,12 @@ class Backbone:
         return self.normalize(self._center_crop(images))
 
     def _center_crop(self, x: Tensor) -> Tensor:
+        """The largest centred crop with the model's input aspect ratio (resizing is the model's job)."""
+        from featinv.data import center_crop_box
+
         th, tw = self.preprocessing.input_size
-        h, w = x.shape[-2:]
-        if h * tw > w * th:  # too tall
-            ch, cw = round(w * th / tw), w
-        else:
-            ch, cw = h, round(h * tw / th)
-        top, left = (h - ch) // 2, (w - cw) // 2
-        return x[..., top:top + ch, left:left + cw]
+        left, top, right, bottom = center_crop_box(int(x.shape[-1]), int(x.shape[-2]), (Fraction(tw, th),) * 2)
+        return x[..., top:bottom, left:right]
 
     def _to_nchw(self, store: dict[str, Any], x: Tensor) -> Tensor:
         if "output" not in store:

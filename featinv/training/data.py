@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from featinv.data import find_images, try_open_image
+from featinv.data import center_crop_box, find_images, try_open_image
 from featinv.errors import FeatinvError
 
 CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults (the paper names only the transform)
@@ -154,19 +154,6 @@ def random_resized_crop_box(width: int, height: int, generator: torch.Generator,
             left = int(torch.randint(0, width - w + 1, (), generator=generator))
             return left, top, left + w, top + h
     return center_crop_box(width, height, ratio)
-
-
-def center_crop_box(width: int, height: int, ratio: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int, int, int]:
-    """The largest centred crop whose aspect ratio lies within ``ratio`` (a square by default)."""
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        w, h = round(height * ratio[1]), height
-    else:
-        w, h = width, height
-    left, top = (width - w) // 2, (height - h) // 2
-    return left, top, left + w, top + h
 
 
 def _to_uint8_tensor(img: Image.Image) -> torch.Tensor:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from featinv.data import to_pil
 from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.io import atomic_path, ensure_output_dir, read_json, write_json, write_text
@@ -558,8 +559,7 @@ def _save_grid(rows: Sequence[torch.Tensor], path: Path) -> None:
     grid = Image.new("RGB", (n * (size + 2), len(rows) * (size + 2)), "white")
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
-            array = (img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-            tile = Image.fromarray(array)
+            tile = to_pil(img)
             if tile.size[0] != size:
                 tile = tile.resize((size, size), Image.BILINEAR)
             grid.paste(tile, (c * (size + 2), r * (size + 2)))
