@@ -10,16 +10,9 @@ import torch
 
 from featinv.errors import FeatinvError
 from featinv.training.checkpoint import latest_checkpoint, load_checkpoint
-from featinv.training.loop import (
-    BaseTrainConfig,
-    FeatInvTask,
-    TrainConfig,
-    conditioning_drop,
-    run_training,
-    train,
-    train_base,
-    training_status,
-)
+from featinv.training.config import BaseTrainConfig, TrainConfig
+from featinv.training.loop import conditioning_drop, run_training, train, train_base, training_status
+from featinv.training.tasks import FeatInvTask
 from tests.fixtures_model import TINY_BACKBONE, TINY_INPUT_SIZE, make_tiny_images, make_tiny_pixel_base
 
 FAST = {"num_workers": 0, "progress": False, "val_steps": 2, "num_val_images": 2}

@@ -104,7 +104,7 @@ def train(
 
     Example: featinv train --data imagenet/train --backbone timm:convnext_base --base sd:lambdalabs/miniSD-diffusers --out runs/convnext
     """
-    from featinv.training.loop import TrainConfig
+    from featinv.training.config import TrainConfig
     from featinv.training.loop import train as run
 
     values = dict(locals())
