@@ -123,8 +123,9 @@ def _set_up(config: LoopConfig, make_task: Callable[[Any], Task]) -> tuple[Train
     optimizer = torch.optim.AdamW([p for _, p in named], lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))
     loss_module, optimizer = accelerator.prepare(_LossModule(task), optimizer)
-    run = TrainingRun(config=config, out=out, accelerator=accelerator, task=task, schedule=schedule, total_steps=total_steps,
-               fingerprint=fingerprint, named=named, optimizer=optimizer, scheduler=scheduler, loss_module=loss_module)
+    run = TrainingRun(config=config, out=out, accelerator=accelerator, task=task, schedule=schedule,
+                      total_steps=total_steps, fingerprint=fingerprint, named=named, optimizer=optimizer,
+                      scheduler=scheduler, loss_module=loss_module)
     return run, existing
 
 
