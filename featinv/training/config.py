@@ -8,7 +8,9 @@ checks its own values so bad input is refused with one line before any model is 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,8 @@ from featinv.training.data import CROP_SCALE
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 FEATURES_FROM = ("crop", "target")
+#: encoder ``__init__`` arguments that FeatInv sets from the backbone and the base, never the user
+ENCODER_SIZES = ("in_channels", "out_channels", "grid")
 
 
 @dataclass(kw_only=True)
@@ -104,7 +108,7 @@ class TrainConfig(LoopConfig):
     layer: str | None = None
     pooled: bool = False
     encoder: str = "conv"
-    encoder_kwargs: dict[str, Any] | None = None
+    encoder_kwargs: dict[str, Any] | None = None  # --encoder-option KEY=VALUE: the encoder's __init__ options
     backbone_weights: str = "pretrained"
     input_size: int | None = None
     hflip: bool = True
@@ -124,6 +128,7 @@ class TrainConfig(LoopConfig):
         super().check()
         if self.features_from not in FEATURES_FROM:
             raise FeatinvError(f"features-from {self.features_from!r} unknown; use one of {', '.join(FEATURES_FROM)}")
+        check_encoder_options(self.encoder, self.encoder_kwargs)
 
 
 @dataclass(kw_only=True)
@@ -139,3 +144,52 @@ class BaseTrainConfig(LoopConfig):
     vflip: bool = False                    # natural photos are rarely upside down; the base learns their prior
     crop_scale: tuple[float, float] = (0.25, 1.0)
 
+
+# ----------------------------------------------------------------------------------------- encoder options
+def encoder_option_names(encoder: str) -> list[str] | None:
+    """The options encoder ``encoder`` takes: its class's ``__init__`` keywords, less the sizes FeatInv sets.
+
+    The class is the registered factory itself, or else the loaded ``FeatureEncoder`` subclass whose
+    ``encoder_name`` is ``encoder`` (a factory function may import its class only when it first builds one).
+    ``None`` when the class is not known yet or takes ``**kwargs`` (then only building it can tell).
+    """
+    from featinv.diffusion.encoders import FeatureEncoder
+    from featinv.registry import get_registry
+
+    factory = get_registry("encoders").get(encoder).factory
+    if isinstance(factory, type):
+        cls: type | None = factory
+    else:
+        cls = next((c for c in _subclasses(FeatureEncoder) if c.encoder_name == encoder.partition(":")[0]), None)
+    if cls is None:
+        return None
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]  # without self
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return sorted(p.name for p in parameters if p.kind in keywords and p.name not in ENCODER_SIZES)
+
+
+def _subclasses(cls: type) -> list[type]:
+    """Every loaded subclass of ``cls``, however deep."""
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def check_encoder_options(encoder: str, options: Mapping[str, Any] | None) -> None:
+    """Refuse an option encoder ``encoder`` does not take, naming the ones it does (when they can be known)."""
+    if options is None:
+        return
+    if not isinstance(options, Mapping):
+        raise FeatinvError(f"encoder options must be a dict of name -> value, got {type(options).__name__}; "
+                           "e.g. encoder_kwargs={'hidden': 256}")
+    valid = encoder_option_names(encoder)
+    if valid is None:
+        return
+    unknown = [key for key in options if key not in valid]
+    if unknown:
+        listed = ", ".join(valid) if valid else "none"
+        raise FeatinvError(f"encoder {encoder!r} has no option {', '.join(map(repr, unknown))}; its options are: "
+                           f"{listed} (pass them as --encoder-option KEY=VALUE)")

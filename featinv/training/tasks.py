@@ -17,7 +17,7 @@ import torch
 
 from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
-from featinv.training.config import BaseTrainConfig, TrainConfig
+from featinv.training.config import BaseTrainConfig, TrainConfig, check_encoder_options
 from featinv.training.data import AugmentedCrops, TensorSamples, load_training_images, mix_seed
 
 
@@ -69,14 +69,9 @@ class FeatInvTask:
 
     def __init__(self, config: TrainConfig, device: torch.device, is_main: bool = True,
                  wait: Callable[[], None] = lambda: None) -> None:
-        from featinv.diffusion.model import FeatInv
-
         self.config = config
         torch.manual_seed(config.seed)  # the encoder's random (non-zero) layers
-        self.model = FeatInv.create(config.backbone, config.base, layer=config.layer, pooled=config.pooled,
-                                    encoder=config.encoder, encoder_kwargs=config.encoder_kwargs,
-                                    backbone_weights=config.backbone_weights, input_size=config.input_size,
-                                    device=device)
+        self.model = _create_model(config, device)
         self.device = device
         self.images = load_training_images(config.data, max_samples=config.max_samples, seed=config.seed)
         info = self.model.backbone.info
@@ -108,7 +103,15 @@ class FeatInvTask:
     def describe(self) -> dict[str, Any]:
         info = self.model.backbone.info
         return {"backbone": info.spec, "layer": info.layer, "pooled": self.config.pooled,
-                "base": self.model.base.spec, "n": len(self.dataset()), **self._non_default_view()}
+                "base": self.model.base.spec, "n": len(self.dataset()), **self._non_default_view(),
+                **self._non_default_encoder()}
+
+    def _non_default_encoder(self) -> dict[str, Any]:
+        """The encoder and its options for resume checks, each left out when it is the default (conv, no
+        options), so runs written before they were part of the check still resume."""
+        c = self.config
+        chosen: dict[str, Any] = {"encoder": c.encoder} if c.encoder != "conv" else {}
+        return {**chosen, "encoder_options": dict(c.encoder_kwargs)} if c.encoder_kwargs else chosen
 
     def _non_default_view(self) -> dict[str, str]:
         """The backbone's view for resume checks and cache keys, left out when it is the default ("crop"), so
@@ -205,6 +208,21 @@ class FeatInvTask:
 
     def save(self, out: Path) -> None:
         self.model.save_pretrained(out)
+
+
+def _create_model(config: TrainConfig, device: torch.device) -> Any:
+    """A fresh FeatInv model; an encoder option its class does not take is named with the valid ones."""
+    from featinv.diffusion.model import FeatInv
+
+    try:
+        return FeatInv.create(config.backbone, config.base, layer=config.layer, pooled=config.pooled,
+                              encoder=config.encoder, encoder_kwargs=config.encoder_kwargs,
+                              backbone_weights=config.backbone_weights, input_size=config.input_size, device=device)
+    except FeatinvError:
+        # TrainConfig.check could not know the options if the encoder's factory imports its class only when
+        # it builds one; it has now, so a bad option gets the one-line error listing the valid ones
+        check_encoder_options(config.encoder, config.encoder_kwargs)
+        raise
 
 
 class PixelBaseTask:
