@@ -87,7 +87,8 @@ def make_base(name: str, device: str, folder: Path) -> Any:
 
 
 def run_ours(args: argparse.Namespace, spec: dict[str, Any], data: Path, out: Path, cache: bool) -> dict[str, Any]:
-    from featinv.training.loop import TrainConfig, train
+    from featinv.training.config import TrainConfig
+    from featinv.training.loop import train
 
     stamps: list[float] = []
     config = TrainConfig(

@@ -306,7 +306,7 @@ def test_demo_rerun_reuses_finished_stages_and_resumes_interrupted_ones(tmp_path
 
 #: writes that are allowed outside featinv.io, each with the reason it is safe
 ALLOWED_RAW_WRITES = {
-    ("featinv/training/loop.py", "open"): "metrics.jsonl is append-only and truncated to the checkpoint on resume",
+    ("featinv/training/run.py", "open"): "metrics.jsonl is append-only and truncated to the checkpoint on resume",
     ("featinv/training/checkpoint.py", "torch.save"): "written into the temporary folder of an atomic_dir",
 }
 
@@ -346,7 +346,8 @@ def test_every_file_write_goes_through_featinv_io():
 
 def test_metrics_log_of_an_attempt_killed_before_its_first_checkpoint_is_not_repeated(assets, tmp_path):
     """kill -9 before the first checkpoint leaves log lines (one cut in half); the restart logs each step once."""
-    from featinv.training.loop import BaseTrainConfig, train_base
+    from featinv.training.config import BaseTrainConfig
+    from featinv.training.loop import train_base
 
     out = tmp_path / "base"
     out.mkdir()

@@ -10,16 +10,9 @@ import torch
 
 from featinv.errors import FeatinvError
 from featinv.training.checkpoint import latest_checkpoint, load_checkpoint
-from featinv.training.loop import (
-    BaseTrainConfig,
-    FeatInvTask,
-    TrainConfig,
-    conditioning_drop,
-    run_training,
-    train,
-    train_base,
-    training_status,
-)
+from featinv.training.config import BaseTrainConfig, TrainConfig
+from featinv.training.loop import conditioning_drop, run_training, train, train_base, training_status
+from featinv.training.tasks import FeatInvTask
 from tests.fixtures_model import TINY_BACKBONE, TINY_INPUT_SIZE, make_tiny_images, make_tiny_pixel_base
 
 FAST = {"num_workers": 0, "progress": False, "val_steps": 2, "num_val_images": 2}
@@ -234,6 +227,47 @@ def test_train_cli_with_cached_features(assets, tmp_path):
     assert list(out.glob("feature_cache-*.safetensors"))
     assert FeatInv.from_pretrained(out).config["backbone"]["spec"] == TINY_BACKBONE
     assert _cli([*args[:-1], "--mixed-precision", "fp8"]) == 2
+
+
+def test_train_cli_encoder_option_reaches_the_encoder_and_the_resume_check(assets, tmp_path, capsys):
+    """``--encoder-option hidden=8`` (the conv encoder's width) builds that encoder, is recorded in the run's
+    train config and checkpoint fingerprint, and a bad key is one line naming the valid ones."""
+    from featinv.diffusion.model import FeatInv
+
+    out = tmp_path / "opt_run"
+    args = ["train", "--data", str(assets["images"]), "--out", str(out), "--backbone", TINY_BACKBONE,
+            "--weights", "none", "--input-size", str(TINY_INPUT_SIZE), "--base", f"pixel:{assets['base']}",
+            "--cache-features", "--max-steps", "1", "--batch-size", "2", "--num-workers", "0", "--val-steps", "1",
+            "--max-samples", "2", "--quiet"]
+    assert _cli([*args, "--encoder-option", "hidden=8"]) == 0
+    assert json.loads((out / "train_config.json").read_text())["encoder_kwargs"] == {"hidden": 8}
+    assert FeatInv.from_pretrained(out).controlnet.encoder.config.hidden == 8
+    assert load_checkpoint(out / "checkpoints").state["fingerprint"]["encoder_options"] == {"hidden": 8}
+    capsys.readouterr()
+    assert _cli([*args, "--encoder-option", "hidden=16", "--max-steps", "2", "--resume"]) == 2
+    assert "settings changed (encoder_options)" in capsys.readouterr().err
+
+    bad = tmp_path / "bad"
+    for option, message in [("widht=8", "encoder 'conv' has no option 'widht'; its options are: hidden"),
+                            ("hidden", "--encoder-option 'hidden' must look like KEY=VALUE"),
+                            ("grid=4", "encoder 'conv' has no option 'grid'")]:
+        assert _cli([*args[:4], str(bad), *args[5:], "--encoder-option", option]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+        assert not bad.exists()
+
+
+def test_encoder_options_are_checked_from_the_encoder_class(assets, tmp_path):
+    from featinv.training.config import check_encoder_options, encoder_option_names
+
+    with pytest.raises(FeatinvError, match=r"encoder 'conv' has no option 'widht'; its options are: hidden"):
+        train(featinv_config(assets, tmp_path / "x", encoder_kwargs={"widht": 8}, max_steps=1))
+    assert encoder_option_names("conv") == ["hidden"]  # known once its class is loaded
+    assert encoder_option_names("perceiver") in (None, ["depth", "dim", "heads", "num_latents", "position_bands"])
+    with pytest.raises(FeatinvError, match="must be a dict"):
+        check_encoder_options("conv", ["hidden", 8])
+    with pytest.raises(FeatinvError, match="unknown encoder 'convv'"):
+        check_encoder_options("convv", {})
 
 
 def test_features_from_target_conditions_on_what_the_backbone_sees_of_the_base_image(assets, tmp_path):

@@ -94,7 +94,8 @@ def _complete(run_dir: Path) -> bool:
 
 
 def _train_base(out: Path, photos: list[Image.Image], s: DemoSettings, quiet: bool) -> Path:
-    from featinv.training.loop import BaseTrainConfig, train_base
+    from featinv.training.config import BaseTrainConfig
+    from featinv.training.loop import train_base
 
     base_dir = out / "base"
     if not _complete(base_dir):
@@ -108,7 +109,8 @@ def _train_base(out: Path, photos: list[Image.Image], s: DemoSettings, quiet: bo
 
 def _train_featinv(out: Path, base_dir: Path, photos: list[Image.Image], pooled: bool, s: DemoSettings,
                    quiet: bool) -> Path:
-    from featinv.training.loop import TrainConfig, train
+    from featinv.training.config import TrainConfig
+    from featinv.training.loop import train
 
     run_dir = out / ("featinv-pooled" if pooled else "featinv-unpooled")
     if not _complete(run_dir):

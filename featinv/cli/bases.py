@@ -71,7 +71,8 @@ def base_train(
     Example: featinv base train --data photos/ --resolution 32 --out bases/pixel32 --max-steps 2000
     """
     from featinv.cli.options import parse_int_list
-    from featinv.training.loop import BaseTrainConfig, train_base
+    from featinv.training.config import BaseTrainConfig
+    from featinv.training.loop import train_base
 
     values = dict(locals())
     try:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from featinv.cli.options import BackboneSpec, BatchSize, Device, InputSize, Layer, Quiet, Weights
+from featinv.cli.options import (
+    BackboneSpec,
+    BatchSize,
+    Device,
+    InputSize,
+    Layer,
+    Quiet,
+    Weights,
+    parse_options,
+)
 from featinv.console import console
-from featinv.errors import FeatinvError
 
 concepts_app = typer.Typer(
     help="Concept decompositions of a layer's feature space (mcd, nmf, sae) and their activation maps.",
@@ -26,20 +33,6 @@ TargetClass = Annotated[int | None, typer.Option(
 Options = Annotated[list[str] | None, typer.Option(
     "--option", help="Decomposer option KEY=VALUE (repeatable), e.g. clustering=kmeans or k=4.")]
 ConceptsDir = Annotated[Path, typer.Option("--concepts", "-c", help="A concepts folder written by `featinv concepts fit`.")]
-
-
-def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``["k=4", "clustering=kmeans"]`` -> ``{"k": 4, "clustering": "kmeans"}`` (values parsed as JSON if they can be)."""
-    options: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise FeatinvError(f"--option {item!r} must look like KEY=VALUE, e.g. --option clustering=kmeans")
-        try:
-            options[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip().replace("-", "_")] = value
-    return options
 
 
 def fit(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,6 +25,24 @@ def parse_float_list(text: str) -> list[float]:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise FeatinvError(f"{text!r} must be numbers separated by commas, e.g. 1,1.75,3") from None
+
+
+def parse_options(items: list[str] | None, option: str = "--option", example: str = "clustering=kmeans") -> dict[str, Any]:
+    """``["k=4", "clustering=kmeans"]`` -> ``{"k": 4, "clustering": "kmeans"}`` (values parsed as JSON if they can be).
+
+    The one parser of repeatable ``KEY=VALUE`` options (``concepts fit --option``, ``train --encoder-option``);
+    ``option`` and ``example`` only shape the error message.
+    """
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FeatinvError(f"{option} {item!r} must look like KEY=VALUE, e.g. {option} {example}")
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = value
+    return options
 
 
 BackboneSpec = Annotated[str, typer.Option("--backbone", "-b", help="Backbone spec, e.g. timm:convnext_base or torchvision:resnet50.")]

@@ -19,6 +19,7 @@ from featinv.cli.options import (
     Pooled,
     Quiet,
     Weights,
+    parse_options,
 )
 from featinv.console import console
 
@@ -40,6 +41,9 @@ LogEvery = Annotated[int, typer.Option("--log-every", min=1, help="Append metric
 ValidateEvery = Annotated[int, typer.Option("--validate-every", min=0, help="Save a validation PNG grid every N steps (0: at the end only).")]
 ValSteps = Annotated[int, typer.Option("--val-steps", min=1, help="Denoising steps for validation grids.")]
 TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Also log to TensorBoard (OUT/logs) via accelerate.")]
+EncoderOptions = Annotated[list[str] | None, typer.Option(
+    "--encoder-option", help="Feature encoder option KEY=VALUE (repeatable), e.g. hidden=256 for conv; "
+    "the options are the encoder class's __init__ arguments.")]
 TrainDevice = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: what accelerate picks).")]
 
 
@@ -66,6 +70,7 @@ def train(
     layer: Layer = None,
     pooled: Pooled = False,
     encoder: Annotated[str, typer.Option("--encoder", help="Feature encoder: conv or perceiver (or a plugin's).")] = "conv",
+    encoder_option: EncoderOptions = None,
     weights: Weights = "pretrained",
     input_size: InputSize = None,
     epochs: Epochs = 3.0,
@@ -104,12 +109,13 @@ def train(
 
     Example: featinv train --data imagenet/train --backbone timm:convnext_base --base sd:lambdalabs/miniSD-diffusers --out runs/convnext
     """
-    from featinv.training.loop import TrainConfig
+    from featinv.training.config import TrainConfig
     from featinv.training.loop import train as run
 
     values = dict(locals())
+    encoder_kwargs = parse_options(encoder_option, option="--encoder-option", example="hidden=256") or None
     config = TrainConfig(**loop_kwargs(values), backbone=backbone, base=base, layer=layer, pooled=pooled,
-                         encoder=encoder, backbone_weights=weights, input_size=input_size,
+                         encoder=encoder, encoder_kwargs=encoder_kwargs, backbone_weights=weights, input_size=input_size,
                          cache_features=cache_features, cache_views=cache_views,
                          hflip=not no_flips, vflip=not no_flips, features_from=features_from)
     path = run(config)

@@ -1,1 +1,1 @@
-"""Training FeatInv ControlNets and pixel bases: configs, tasks, the loop, data and checkpoints."""
+"""Training FeatInv ControlNets and pixel bases: config, tasks, the loop and the run folder it writes, data, checkpoints."""
