@@ -71,7 +71,7 @@ _LAZY: dict[str, str] = {
     "Interpolation": "featinv.analyses.interpolation",
     "compose": "featinv.analyses.compose",
     "Composition": "featinv.analyses.compose",
-    "FeatureShiftWarning": "featinv.analyses.base",
+    "FeatureShiftWarning": "featinv.analyses.shift",
     "run_demo": "featinv.apps.demo",
     "DemoResult": "featinv.apps.demo",
 }

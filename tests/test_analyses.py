@@ -10,17 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from featinv.analyses.base import (
-    YELLOW,
-    FeatureShiftWarning,
-    as_images,
-    check_feature_norms,
-    draw_box_outline,
-    reference_norms,
-    to_uint8,
-)
+from featinv.analyses.base import as_images
 from featinv.analyses.compose import Composition, Region, compose, outline_width, parse_region
+from featinv.analyses.figures import YELLOW, draw_box_outline, to_uint8
 from featinv.analyses.interpolation import Interpolation, interpolate, parse_weights
+from featinv.analyses.shift import FeatureShiftWarning, check_feature_norms, reference_norms
 from featinv.analyses.steering import FeatInvViz, parse_concepts, steer_concepts
 from featinv.errors import FeatinvError
 from tests.fixtures_model import make_tiny_model

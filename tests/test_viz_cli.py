@@ -98,7 +98,7 @@ def test_concepts_for_other_channels_are_refused(setup, capsys, tmp_path):
     assert "8" in capsys.readouterr().err
 
 
-@pytest.mark.filterwarnings("ignore::featinv.analyses.base.FeatureShiftWarning")
+@pytest.mark.filterwarnings("ignore::featinv.analyses.shift.FeatureShiftWarning")
 def test_training_norms_stored_with_the_run_are_the_reference(setup):
     root, run, images, _ = setup
     norms = run / "feature_norms.json"

@@ -23,25 +23,29 @@ import torch
 from torch import Tensor
 
 from featinv.analyses.base import (
-    YELLOW,
     Analysis,
     AnalysisResult,
     NamedImage,
     as_images,
     as_model,
     check_count,
-    check_feature_norms,
-    display_image,
-    draw_box_outline,
-    format_cosine,
     image_features,
-    image_panel,
-    new_figure,
     pair_up,
     reconstruct_unique,
     reconstruction_features,
-    reference_norms,
+)
+from featinv.analyses.figures import (
+    YELLOW,
+    display_image,
+    draw_box_outline,
+    format_cosine,
+    image_panel,
+    new_figure,
     to_uint8,
+)
+from featinv.analyses.shift import (
+    check_feature_norms,
+    reference_norms,
     warn_if_shifted,
 )
 from featinv.errors import FeatinvError

@@ -23,18 +23,22 @@ from featinv.analyses.base import (
     as_images,
     as_model,
     check_count,
-    check_feature_norms,
     check_fraction,
-    display_image,
-    format_cosine,
     image_features,
-    image_panel,
-    new_figure,
     pair_up,
     reconstruct,
     reconstruction_features,
-    reference_norms,
+)
+from featinv.analyses.figures import (
+    display_image,
+    format_cosine,
+    image_panel,
+    new_figure,
     to_uint8,
+)
+from featinv.analyses.shift import (
+    check_feature_norms,
+    reference_norms,
     warn_if_shifted,
 )
 from featinv.errors import FeatinvError

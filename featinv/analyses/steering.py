@@ -29,14 +29,18 @@ from featinv.analyses.base import (
     as_images,
     as_model,
     check_count,
-    check_feature_norms,
+    reconstruct_unique,
+    seeds_for,
+)
+from featinv.analyses.figures import (
     display_image,
     image_panel,
     new_figure,
-    reconstruct_unique,
-    reference_norms,
-    seeds_for,
     to_uint8,
+)
+from featinv.analyses.shift import (
+    check_feature_norms,
+    reference_norms,
     warn_if_shifted,
 )
 from featinv.errors import FeatinvError

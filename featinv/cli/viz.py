@@ -25,7 +25,7 @@ ImagesB = Annotated[list[Path], typer.Option("--image-b", "-b", help="Second ima
 
 def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run an analysis with its out-of-distribution warnings collected (printed once by :func:`_report`)."""
-    from featinv.analyses.base import FeatureShiftWarning
+    from featinv.analyses.shift import FeatureShiftWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FeatureShiftWarning)
