@@ -66,6 +66,7 @@ _LAZY: dict[str, str] = {
     "train_base": "featinv.training.loop",
     "BaseTrainConfig": "featinv.training.loop",
     "steer_concepts": "featinv.analyses.steering",
+    "Steering": "featinv.analyses.steering",
     "FeatInvViz": "featinv.analyses.steering",
     "interpolate": "featinv.analyses.interpolation",
     "Interpolation": "featinv.analyses.interpolation",

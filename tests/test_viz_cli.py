@@ -1,4 +1,4 @@
-"""`featinv viz concept|interpolate|compose` end to end on a saved tiny run, plus one-line input errors."""
+"""`featinv viz steering|interpolation|compose` (and the old names concept|interpolate) end to end on a saved tiny run, plus one-line input errors."""
 
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ def setup(tmp_path_factory):
     return root, run, images, concepts
 
 
-def test_viz_concept(setup):
+@pytest.mark.parametrize("command", ["steering", "concept"])
+def test_viz_steering(setup, command):
     root, run, images, concepts = setup
-    out = root / "out-concept"
-    result = runner.invoke(app, ["viz", "concept", "--run", str(run), "--concepts", str(concepts), "--image",
+    out = root / f"out-{command}"
+    result = runner.invoke(app, ["viz", command, "--run", str(run), "--concepts", str(concepts), "--image",
                                  str(images), "--concept", "all", "--n", "2", "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["img0.json", "img0.png", "img1.json", "img1.png", "summary.json"]
@@ -46,10 +47,11 @@ def test_viz_concept(setup):
     assert "summary.json" in result.output
 
 
-def test_viz_interpolate(setup):
+@pytest.mark.parametrize("command", ["interpolation", "interpolate"])
+def test_viz_interpolation(setup, command):
     root, run, images, _ = setup
-    out = root / "out-interp"
-    result = runner.invoke(app, ["viz", "interpolate", "--run", str(run), "--image-a", str(images / "img0.png"),
+    out = root / f"out-{command}"
+    result = runner.invoke(app, ["viz", command, "--run", str(run), "--image-a", str(images / "img0.png"),
                                  "--image-b", str(images / "img1.png"), "--weights", "1,.5,0", "--out", str(out),
                                  *FAST])
     assert result.exit_code == 0, result.output

@@ -12,6 +12,7 @@ so the extra detail FeatInv-Viz brings is visible at a glance.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,7 @@ from featinv.analyses.shift import (
 )
 from featinv.errors import FeatinvError
 
-__all__ = ["FeatInvViz", "SteeringItem", "gradcam", "parse_concepts", "steer_concepts"]
+__all__ = ["Steering", "SteeringItem", "gradcam", "parse_concepts", "steer_concepts"]
 
 DEFAULT_ATTENUATE = 0.25
 DEFAULT_THRESHOLD = 0.33
@@ -169,8 +170,8 @@ class SteeringItem:
                 "reconstruction_cosine": self.reconstruction_cosine, "concepts": per_concept}
 
 
-class FeatInvViz(Analysis):
-    """Concept steering visualised in input space (Algorithm 1 of the paper).
+class Steering(Analysis):
+    """FeatInv-Viz: concept steering visualised in input space (Algorithm 1 of the paper).
 
     ``attenuate``: factor for the concept's part (0.25 in the paper; 1 changes nothing; values above 1
     amplify and are flagged as out of distribution when they push norms beyond the reference); ``n``:
@@ -306,7 +307,17 @@ def steer_concepts(model: Any, decomposer: Any, images: Any, out_dir: Any = None
                    gradcam: bool = True, device: str = "cpu", progress: bool = True) -> AnalysisResult:
     """FeatInv-Viz in one call: ``model`` (FeatInv or run folder), ``decomposer`` (fitted or its folder),
     ``images`` (paths, folders or PIL images); writes figures + JSON to ``out_dir`` when given."""
-    analysis = FeatInvViz(attenuate=attenuate, n=n, threshold=threshold, seed=seed, steps=steps,
-                          guidance_scale=guidance_scale, scheduler=scheduler, batch_size=batch_size,
-                          gradcam=gradcam, progress=progress)
+    analysis = Steering(attenuate=attenuate, n=n, threshold=threshold, seed=seed, steps=steps,
+                        guidance_scale=guidance_scale, scheduler=scheduler, batch_size=batch_size,
+                        gradcam=gradcam, progress=progress)
     return analysis.run(model, images, out_dir, device, decomposer=decomposer, concepts=concepts)
+
+
+def __getattr__(name: str) -> Any:
+    """``FeatInvViz``, the class's name before 0.2, still works for one release (with a DeprecationWarning)."""
+    if name == "FeatInvViz":
+        warnings.warn("featinv.FeatInvViz is now featinv.Steering (the analysis is registered and run as "
+                      "`steering`); the old name will be removed in the next release", DeprecationWarning,
+                      stacklevel=2)
+        return Steering
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,8 @@
-"""`featinv viz concept|interpolate|compose`: the paper's analyses as figures + JSON (one call each)."""
+"""`featinv viz steering|interpolation|compose`: the paper's analyses as figures + JSON (one call each).
+
+Each command is named like the analysis it runs (its registered name); the 0.1 names `viz concept` and
+`viz interpolate` stay as hidden aliases for one release.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +44,8 @@ def _report(result: Any) -> None:
         console.print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
-@viz_app.command("concept")
-def concept(
+@viz_app.command("steering")
+def steering(
     run: RunDir,
     concepts: Annotated[Path, typer.Option("--concepts", help="Fitted concepts folder (`featinv concepts fit`).")],
     image: Annotated[list[Path], typer.Option("--image", "-i", help="Image files or folders (repeatable).")],
@@ -63,7 +67,7 @@ def concept(
 
     One figure per image (mask over the image, next to the upsampled concept map and Grad-CAM) + JSON.
 
-    Example: featinv viz concept --run runs/lite0 --concepts concepts/bunting --image bird.jpg --n 5
+    Example: featinv viz steering --run runs/lite0 --concepts concepts/bunting --image bird.jpg --n 5
     """
     from featinv.analyses.steering import steer_concepts
 
@@ -72,8 +76,8 @@ def concept(
                      batch_size=batch_size, gradcam=gradcam, device=device, progress=not quiet))
 
 
-@viz_app.command("interpolate")
-def interpolate(
+@viz_app.command("interpolation")
+def interpolation(
     run: RunDir,
     image_a: ImagesA,
     image_b: ImagesB,
@@ -89,7 +93,7 @@ def interpolate(
 ) -> None:
     """Reconstruct weighted mixes w*f(A) + (1-w)*f(B) with one seed; cosine similarity under each (Figure 5).
 
-    Example: featinv viz interpolate --run runs/lite0 --image-a bird.jpg --image-b landscape.jpg
+    Example: featinv viz interpolation --run runs/lite0 --image-a bird.jpg --image-b landscape.jpg
     """
     from featinv.analyses.interpolation import interpolate as run_interpolation
 
@@ -125,6 +129,13 @@ def compose(
     _report(_quietly(run_compose, run, image_a, image_b, out, region=region or list(DEFAULT_REGIONS), seed=seed,
                      steps=steps, guidance_scale=guidance, scheduler=scheduler, batch_size=batch_size, device=device,
                      progress=not quiet))
+
+
+#: the 0.1 command names, kept as hidden aliases (``featinv viz concept`` is ``featinv viz steering``)
+OLD_COMMAND_NAMES = {"concept": steering, "interpolate": interpolation}
+for _old, _command in OLD_COMMAND_NAMES.items():
+    viz_app.command(_old, hidden=True, help=f"Old name of `featinv viz {_command.__name__}` (kept for one release).")(
+        _command)
 
 
 def register(app: typer.Typer) -> None:
