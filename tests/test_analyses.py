@@ -283,6 +283,23 @@ def test_registry_builds_the_analyses():
     assert create_analysis("compose", regions="center").regions == ["center"]
 
 
+def test_sampling_options_are_one_object_and_the_old_keywords_still_work():
+    from featinv.analyses.base import SamplingOptions
+
+    sampling = SamplingOptions(seed=3, steps=2, scheduler="unipc")
+    assert Interpolation(sampling=sampling).sampling is sampling
+    old = Composition(regions="center", seed=3, steps=2, scheduler="unipc", progress=False)
+    assert old.sampling == sampling and old.settings()["steps"] == 2
+    assert Steering(sampling=sampling, steps=4).sampling.steps == 4  # a keyword overrides the object's field
+    assert SamplingOptions(bf16=True).settings()["bf16"] is True and "bf16" not in sampling.settings()
+    with pytest.raises(FeatinvError, match="steps must be a positive integer"):
+        SamplingOptions(steps=0)
+    with pytest.raises(FeatinvError, match="seed"):
+        SamplingOptions(seed=1.5)
+    with pytest.raises(FeatinvError, match="unknown option 'stepz'"):
+        Interpolation(stepz=2)
+
+
 def test_old_class_name_still_works_with_a_deprecation_warning():
     import featinv.analyses.steering as steering_module
 

@@ -9,6 +9,7 @@ edited maps lives in :mod:`featinv.analyses.shift`, the figure helpers in :mod:`
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -36,6 +37,7 @@ __all__ = [
     "Analysis",
     "AnalysisResult",
     "NamedImage",
+    "SamplingOptions",
     "as_decomposer",
     "as_images",
     "as_model",
@@ -180,6 +182,63 @@ def check_count(value: int, name: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How an analysis samples its reconstructions; the same for every analysis, so one object passes them.
+
+    ``seed``: the first seed (an analysis that needs several uses ``seed, seed+1, ...``, see
+    :func:`seeds_for`); ``steps``: denoising steps; ``guidance_scale``: classifier-free guidance (None: the
+    run's default); ``scheduler``: ``ddim``, ``dpm++`` or ``unipc``; ``batch_size``: samples per batch (does
+    not change the images); ``bf16``: sample in bfloat16 (GPU).
+    """
+
+    seed: int = 0
+    steps: int = 50
+    guidance_scale: float | None = None
+    scheduler: str = "ddim"
+    batch_size: int = 16
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        from featinv.validation import check_guidance, check_seeds
+
+        seeds = check_seeds(self.seed)
+        if len(seeds) != 1:
+            raise FeatinvError(f"seed must be one integer, got {self.seed!r}; an analysis derives the others from it")
+        object.__setattr__(self, "seed", seeds[0])
+        check_count(self.steps, "steps")
+        check_count(self.batch_size, "batch_size")
+        if self.guidance_scale is not None:
+            check_guidance(self.guidance_scale)
+        if not isinstance(self.scheduler, str) or not self.scheduler:
+            raise FeatinvError(f"scheduler must be a name such as ddim, dpm++ or unipc, got {self.scheduler!r}")
+
+    @classmethod
+    def of(cls, sampling: SamplingOptions | None = None, **fields: Any) -> SamplingOptions:
+        """``sampling`` (or the defaults) with ``fields`` replaced; an unknown field name is a clear error."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(fields) - set(names))
+        if unknown:
+            raise FeatinvError(f"unknown option {unknown[0]!r}; the sampling options are {', '.join(names)}, and the "
+                               "analysis's own options are listed in its documentation")
+        if sampling is not None and not fields:
+            return sampling
+        return dataclasses.replace(sampling or cls(), **fields)
+
+    def settings(self) -> dict[str, Any]:
+        """The options that change the images, as written to every analysis JSON."""
+        settings: dict[str, Any] = {"seed": self.seed, "steps": self.steps, "guidance_scale": self.guidance_scale,
+                                    "scheduler": self.scheduler}
+        if self.bf16:
+            settings["bf16"] = True
+        return settings
+
+    def reconstruct_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :meth:`featinv.diffusion.model.FeatInv.reconstruct` (all but the seeds)."""
+        return {"steps": self.steps, "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
+                "batch_size": self.batch_size, "bf16": self.bf16}
+
+
 # ---------------------------------------------------------------------------------- model plumbing
 
 
@@ -189,17 +248,17 @@ def image_features(model: FeatInv, images: Sequence[Image.Image] | Tensor) -> Te
         return model.features(list(images) if not isinstance(images, Tensor) else images).float()
 
 
-def reconstruct(model: FeatInv, features: Tensor, seeds: Sequence[int], steps: int, guidance_scale: float | None,
-                scheduler: str, batch_size: int, show_progress: bool) -> Tensor:
+def reconstruct(model: FeatInv, features: Tensor, seeds: Sequence[int], sampling: SamplingOptions,
+                show_progress: bool) -> Tensor:
     """Images ``[N, 3, R, R]`` in [0, 1] for ``features`` with one seed per map (one batched call)."""
     with torch.no_grad():
-        result = model.reconstruct(features=features, seeds=list(seeds), guidance_scale=guidance_scale,
-                                   steps=steps, scheduler=scheduler, batch_size=batch_size,
-                                   progress=show_progress)
+        result = model.reconstruct(features=features, seeds=list(seeds), progress=show_progress,
+                                   **sampling.reconstruct_kwargs())
     return result.images.detach().float().cpu()
 
 
-def reconstruct_unique(model: FeatInv, features: Tensor, seeds: Sequence[int], **kwargs: Any) -> Tensor:
+def reconstruct_unique(model: FeatInv, features: Tensor, seeds: Sequence[int], sampling: SamplingOptions,
+                       show_progress: bool) -> Tensor:
     """Like :func:`reconstruct`, but identical (map, seed) pairs are sampled once and shared.
 
     Saves work (e.g. an attenuation factor of 1 leaves a map unchanged) and makes "unchanged map, same seed"
@@ -214,7 +273,7 @@ def reconstruct_unique(model: FeatInv, features: Tensor, seeds: Sequence[int], *
             unique.append(i)
             match = len(unique) - 1
         keys.append(match)
-    images = reconstruct(model, features[unique], [seeds[j] for j in unique], **kwargs)
+    images = reconstruct(model, features[unique], [seeds[j] for j in unique], sampling, show_progress)
     return images[keys]
 
 
@@ -240,13 +299,20 @@ class Analysis(ABC):
 
     * ``name`` (class attribute): the registered name; it names the outputs' ``"analysis"`` field.
     * ``__init__(**options)``: every option of the analysis, validated at once (a bad value is a
-      :class:`~featinv.errors.FeatinvError`); ``featinv viz NAME --option KEY=VALUE`` passes them here.
+      :class:`~featinv.errors.FeatinvError`); ``featinv viz NAME --option KEY=VALUE`` passes them here. It
+      must accept ``progress=`` and ``sampling=`` (a :class:`SamplingOptions`, built by the CLI from
+      ``--seed/--steps/--guidance/--scheduler/--batch-size/--bf16``) and hand them to
+      ``super().__init__``, which stores ``self.progress`` and ``self.sampling``; the simplest way is
+      ``def __init__(self, my_option=1, **common): super().__init__(**common)``.
     * :meth:`settings` (abstract): the options as JSON, written to every output file.
     * :meth:`compute` (abstract): ``compute(model, images, **inputs) -> list[item]`` computes one item per
       image (or image pair) and writes nothing. ``model`` is a loaded FeatInv model; ``images`` whatever
       :func:`as_images` accepts; ``inputs`` the analysis's extra inputs (``decomposer=``, ``others=``...).
       Every item has a ``name`` (a filename-safe stem) and ``numbers()`` (its JSON-ready dict).
     * :meth:`figure` (abstract): the matplotlib ``Figure`` of one item.
+
+    Reconstruct edited maps with :func:`reconstruct` (or :func:`reconstruct_unique`) and ``self.sampling``,
+    and check them with :mod:`featinv.analyses.shift` so an edit FeatInv never saw in training is flagged.
 
     :meth:`run` does the rest, the same for every analysis: it loads ``model`` when given a run folder
     (:func:`as_model`), calls :meth:`compute` with ``images`` and ``inputs`` unchanged, records every
@@ -258,8 +324,11 @@ class Analysis(ABC):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, progress: bool = True) -> None:
+    def __init__(self, progress: bool = True, *, sampling: SamplingOptions | None = None,
+                 **sampling_fields: Any) -> None:
+        """``sampling`` (a :class:`SamplingOptions`), or its fields one by one (``steps=2``) for compatibility."""
         self.progress = progress
+        self.sampling = SamplingOptions.of(sampling, **sampling_fields)
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:

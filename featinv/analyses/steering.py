@@ -26,6 +26,7 @@ from featinv.analyses.base import (
     Analysis,
     AnalysisResult,
     NamedImage,
+    SamplingOptions,
     as_decomposer,
     as_images,
     as_model,
@@ -180,10 +181,11 @@ class Steering(Analysis):
 
     name = "steering"
 
-    def __init__(self, attenuate: float = DEFAULT_ATTENUATE, n: int = 5, threshold: float = DEFAULT_THRESHOLD,
-                 seed: int = 0, steps: int = 50, guidance_scale: float | None = None, scheduler: str = "ddim",
-                 batch_size: int = 16, gradcam: bool = True, progress: bool = True) -> None:
-        super().__init__(progress=progress)
+    def __init__(self, attenuate: float = DEFAULT_ATTENUATE, n: int = 5, threshold: float = DEFAULT_THRESHOLD, *,
+                 gradcam: bool = True, progress: bool = True, sampling: SamplingOptions | None = None,
+                 **sampling_fields: Any) -> None:
+        """``sampling`` (or its fields: seed, steps, guidance_scale, scheduler, batch_size, bf16) sets how to sample."""
+        super().__init__(progress, sampling=sampling, **sampling_fields)
         if isinstance(attenuate, bool) or not isinstance(attenuate, (int, float)) or not np.isfinite(attenuate) \
                 or attenuate < 0:
             raise FeatinvError(f"attenuate must be a number >= 0, got {attenuate!r}; use 0.25 (the paper) to weaken "
@@ -193,16 +195,10 @@ class Steering(Analysis):
         self.attenuate = float(attenuate)
         self.n = check_count(n, "n")
         self.threshold = float(threshold)
-        self.seed = int(seed)
-        self.steps = check_count(steps, "steps")
-        self.guidance_scale = guidance_scale
-        self.scheduler = scheduler
-        self.batch_size = check_count(batch_size, "batch_size")
         self.use_gradcam = bool(gradcam)
 
     def settings(self) -> dict[str, Any]:
-        return {"attenuate": self.attenuate, "n": self.n, "threshold": self.threshold, "seed": self.seed,
-                "steps": self.steps, "guidance_scale": self.guidance_scale, "scheduler": self.scheduler}
+        return {"attenuate": self.attenuate, "n": self.n, "threshold": self.threshold, **self.sampling.settings()}
 
     def run(self, model: Any, images: Any, out_dir: Any = None, device: Any = "cpu", *,  # type: ignore[override]
             decomposer: Any, concepts: str | int | Sequence[int] | None = "all") -> AnalysisResult:
@@ -241,13 +237,11 @@ class Steering(Analysis):
             warn_if_shifted(check, f"concept {c} x{self.attenuate:g} on {item.name}",
                             "use attenuate <= 1 (the paper attenuates to 0.25)")
 
-        seeds = seeds_for(self.seed, self.n)
+        seeds = seeds_for(self.sampling.seed, self.n)
         k_count = len(chosen)
         maps = torch.cat([original.expand(self.n, -1, -1, -1), edited.repeat_interleave(self.n, dim=0)])
         all_seeds = seeds * (k_count + 1)
-        recon = reconstruct_unique(model, maps, all_seeds, steps=self.steps, guidance_scale=self.guidance_scale,
-                                   scheduler=self.scheduler, batch_size=self.batch_size,
-                                   show_progress=self.progress)
+        recon = reconstruct_unique(model, maps, all_seeds, self.sampling, self.progress)
         originals = recon[:self.n]                                             # [n, 3, R, R]
         edits = recon[self.n:].reshape(k_count, self.n, *recon.shape[1:])     # [K, n, 3, R, R]
         distance = (originals[None] - edits).pow(2).sum(2).sqrt()              # [K, n, R, R]
