@@ -127,8 +127,8 @@ def _gradcam_nchw(backbone: Any, module: torch.nn.Module, x: Tensor, target: int
         handle.remove()
     output = store["output"]
     (grad,) = torch.autograd.grad(logits[:, target].sum(), output)
-    acts = backbone._to_nchw({"output": output}, x)
-    grads = backbone._to_nchw({"output": grad}, x)
+    acts = backbone.to_nchw(output, x)
+    grads = backbone.to_nchw(grad, x)
     return F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True))
 
 
