@@ -238,7 +238,7 @@ def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, 
     from featinv.analyses.interpolation import interpolate
     from featinv.analyses.shift import FeatureShiftWarning
     from featinv.analyses.steering import steer_concepts
-    from featinv.concepts.base import fit_concepts
+    from featinv.concepts.fit import fit_concepts
     from featinv.data import builtin_photos
     from featinv.diffusion.model import FeatInv
     from featinv.report.figures import table_figure
