@@ -10,18 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from featinv.analyses.base import (
-    YELLOW,
-    FeatureShiftWarning,
-    as_images,
-    check_feature_norms,
-    draw_box_outline,
-    reference_norms,
-    to_uint8,
-)
+from featinv.analyses.base import as_images
 from featinv.analyses.compose import Composition, Region, compose, outline_width, parse_region
+from featinv.analyses.figures import YELLOW, draw_box_outline, to_uint8
 from featinv.analyses.interpolation import Interpolation, interpolate, parse_weights
-from featinv.analyses.steering import FeatInvViz, parse_concepts, steer_concepts
+from featinv.analyses.shift import FeatureShiftWarning, check_feature_norms, reference_norms
+from featinv.analyses.steering import Steering, parse_concepts, steer_concepts
 from featinv.errors import FeatinvError
 from tests.fixtures_model import make_tiny_model
 
@@ -89,7 +83,7 @@ def test_steering_writes_figure_per_image_with_numbers(model, decomposer, photos
 
 def test_difference_is_median_of_pairwise_distances(model, decomposer, photos):
     """Algorithm 1 by hand for one concept: same seeds, Euclidean RGB distance, median over pairs."""
-    viz = FeatInvViz(attenuate=0.0, n=3, gradcam=False, **FAST)
+    viz = Steering(attenuate=0.0, n=3, gradcam=False, **FAST)
     item = viz.compute(model, photos[0], decomposer=decomposer, concepts=1)[0]
     fmap = model.features([photos[0][1]])
     parts = decomposer.decompose(fmap)
@@ -132,7 +126,7 @@ def test_norm_check_against_reference():
 ])
 def test_steering_rejects_bad_options(kwargs, match):
     with pytest.raises(FeatinvError, match=match):
-        FeatInvViz(**kwargs)
+        Steering(**kwargs)
 
 
 def test_concept_selection():
@@ -285,8 +279,33 @@ def test_registry_builds_the_analyses():
     from featinv.registry import create_analysis, list_analyses
 
     assert {"steering", "interpolation", "compose"} <= set(list_analyses())
-    assert isinstance(create_analysis("steering", n=2), FeatInvViz)
+    assert isinstance(create_analysis("steering", n=2), Steering)
     assert create_analysis("compose", regions="center").regions == ["center"]
+
+
+def test_sampling_options_are_one_object_and_the_old_keywords_still_work():
+    from featinv.analyses.base import SamplingOptions
+
+    sampling = SamplingOptions(seed=3, steps=2, scheduler="unipc")
+    assert Interpolation(sampling=sampling).sampling is sampling
+    old = Composition(regions="center", seed=3, steps=2, scheduler="unipc", progress=False)
+    assert old.sampling == sampling and old.settings()["steps"] == 2
+    assert Steering(sampling=sampling, steps=4).sampling.steps == 4  # a keyword overrides the object's field
+    assert SamplingOptions(bf16=True).settings()["bf16"] is True and "bf16" not in sampling.settings()
+    with pytest.raises(FeatinvError, match="steps must be a positive integer"):
+        SamplingOptions(steps=0)
+    with pytest.raises(FeatinvError, match="seed"):
+        SamplingOptions(seed=1.5)
+    with pytest.raises(FeatinvError, match="unknown option 'stepz'"):
+        Interpolation(stepz=2)
+
+
+def test_old_class_name_still_works_with_a_deprecation_warning():
+    import featinv.analyses.steering as steering_module
+
+    with pytest.warns(DeprecationWarning, match="Steering"):
+        assert steering_module.FeatInvViz is Steering
+    assert Steering.name == "steering"
 
 
 def test_images_from_paths_and_objects(tmp_path, photos):

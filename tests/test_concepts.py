@@ -14,9 +14,9 @@ from featinv.concepts.base import (
     Decomposition,
     create_decomposer,
     feature_vectors,
-    fit_concepts,
     load_decomposer,
 )
+from featinv.concepts.fit import fit_concepts
 from featinv.errors import FeatinvError
 
 FAST = {"mcd": {}, "nmf": {"max_iter": 200}, "sae": {"steps": 300, "progress": False}}

@@ -1,17 +1,15 @@
-"""Analyses built on FeatInv: edit a feature map, reconstruct it, show what changed (paper sections 4.2/4.3).
+"""The Analysis contract and what every analysis shares: inputs given as objects or paths, reconstruction.
 
-Each analysis is one class with one main method (captum's pattern): ``SomeAnalysis(**options).run(model,
-images, out_dir, **inputs)`` computes its numbers for every image, writes one PNG figure and one JSON per
-image plus ``summary.json``, and returns an :class:`AnalysisResult`. ``.compute(...)`` gives the numbers
-and arrays without writing anything (for notebooks and the demo), ``.figure(item)`` draws one item.
-
-The analyses are plugins of kind ``analyses`` (``steering``, ``interpolation``, ``compose``); this module
-holds what they share: loading models/images/decomposers given as objects *or* paths, the
-out-of-distribution check for edited feature maps, and figure helpers.
+An analysis (paper sections 4.2/4.3) edits feature maps, reconstructs them with FeatInv and shows what
+changed, as one figure and one JSON per image. Each is one class with one main method (captum's pattern),
+see :class:`Analysis`. Analyses are plugins of kind ``analyses``; the built-ins are ``steering``
+(:mod:`featinv.analyses.steering`), ``interpolation`` and ``compose``. The out-of-distribution check for
+edited maps lives in :mod:`featinv.analyses.shift`, the figure helpers in :mod:`featinv.analyses.figures`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -22,14 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from featinv.analyses.shift import FeatureShiftWarning
 from featinv.errors import FeatinvError
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from PIL import Image
 
@@ -37,32 +34,20 @@ if TYPE_CHECKING:
     from featinv.diffusion.model import FeatInv
 
 __all__ = [
-    "YELLOW",
     "Analysis",
     "AnalysisResult",
-    "FeatureShiftWarning",
-    "NormCheck",
     "NamedImage",
+    "SamplingOptions",
+    "as_decomposer",
     "as_images",
     "as_model",
-    "check_feature_norms",
-    "display_image",
-    "draw_box_outline",
-    "image_panel",
-    "new_figure",
-    "reference_norms",
-    "to_uint8",
+    "check_count",
+    "check_fraction",
+    "pair_up",
+    "reconstruct",
+    "reconstruct_unique",
+    "seeds_for",
 ]
-
-YELLOW = (255, 255, 0)
-#: optional file in a run folder: per-position feature norms seen in training, ``{"quantiles": [...]}``
-#: (e.g. the 0th..100th percentiles) or ``{"values": [...]}``; ``config["feature_norms"]`` works the same way
-#: an edited map whose largest per-position norm exceeds the reference's largest by this factor is flagged
-NORM_RATIO_LIMIT = 1.1
-
-
-class FeatureShiftWarning(UserWarning):
-    """An edited feature map lies outside what FeatInv saw in training; its reconstruction is less reliable."""
 
 
 @dataclass
@@ -197,6 +182,63 @@ def check_count(value: int, name: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How an analysis samples its reconstructions; the same for every analysis, so one object passes them.
+
+    ``seed``: the first seed (an analysis that needs several uses ``seed, seed+1, ...``, see
+    :func:`seeds_for`); ``steps``: denoising steps; ``guidance_scale``: classifier-free guidance (None: the
+    run's default); ``scheduler``: ``ddim``, ``dpm++`` or ``unipc``; ``batch_size``: samples per batch (does
+    not change the images); ``bf16``: sample in bfloat16 (GPU).
+    """
+
+    seed: int = 0
+    steps: int = 50
+    guidance_scale: float | None = None
+    scheduler: str = "ddim"
+    batch_size: int = 16
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        from featinv.validation import check_guidance, check_seeds
+
+        seeds = check_seeds(self.seed)
+        if len(seeds) != 1:
+            raise FeatinvError(f"seed must be one integer, got {self.seed!r}; an analysis derives the others from it")
+        object.__setattr__(self, "seed", seeds[0])
+        check_count(self.steps, "steps")
+        check_count(self.batch_size, "batch_size")
+        if self.guidance_scale is not None:
+            check_guidance(self.guidance_scale)
+        if not isinstance(self.scheduler, str) or not self.scheduler:
+            raise FeatinvError(f"scheduler must be a name such as ddim, dpm++ or unipc, got {self.scheduler!r}")
+
+    @classmethod
+    def of(cls, sampling: SamplingOptions | None = None, **fields: Any) -> SamplingOptions:
+        """``sampling`` (or the defaults) with ``fields`` replaced; an unknown field name is a clear error."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(fields) - set(names))
+        if unknown:
+            raise FeatinvError(f"unknown option {unknown[0]!r}; the sampling options are {', '.join(names)}, and the "
+                               "analysis's own options are listed in its documentation")
+        if sampling is not None and not fields:
+            return sampling
+        return dataclasses.replace(sampling or cls(), **fields)
+
+    def settings(self) -> dict[str, Any]:
+        """The options that change the images, as written to every analysis JSON."""
+        settings: dict[str, Any] = {"seed": self.seed, "steps": self.steps, "guidance_scale": self.guidance_scale,
+                                    "scheduler": self.scheduler}
+        if self.bf16:
+            settings["bf16"] = True
+        return settings
+
+    def reconstruct_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :meth:`featinv.diffusion.model.FeatInv.reconstruct` (all but the seeds)."""
+        return {"steps": self.steps, "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
+                "batch_size": self.batch_size, "bf16": self.bf16}
+
+
 # ---------------------------------------------------------------------------------- model plumbing
 
 
@@ -206,17 +248,17 @@ def image_features(model: FeatInv, images: Sequence[Image.Image] | Tensor) -> Te
         return model.features(list(images) if not isinstance(images, Tensor) else images).float()
 
 
-def reconstruct(model: FeatInv, features: Tensor, seeds: Sequence[int], steps: int, guidance_scale: float | None,
-                scheduler: str, batch_size: int, show_progress: bool) -> Tensor:
+def reconstruct(model: FeatInv, features: Tensor, seeds: Sequence[int], sampling: SamplingOptions,
+                show_progress: bool) -> Tensor:
     """Images ``[N, 3, R, R]`` in [0, 1] for ``features`` with one seed per map (one batched call)."""
     with torch.no_grad():
-        result = model.reconstruct(features=features, seeds=list(seeds), guidance_scale=guidance_scale,
-                                   steps=steps, scheduler=scheduler, batch_size=batch_size,
-                                   progress=show_progress)
+        result = model.reconstruct(features=features, seeds=list(seeds), progress=show_progress,
+                                   **sampling.reconstruct_kwargs())
     return result.images.detach().float().cpu()
 
 
-def reconstruct_unique(model: FeatInv, features: Tensor, seeds: Sequence[int], **kwargs: Any) -> Tensor:
+def reconstruct_unique(model: FeatInv, features: Tensor, seeds: Sequence[int], sampling: SamplingOptions,
+                       show_progress: bool) -> Tensor:
     """Like :func:`reconstruct`, but identical (map, seed) pairs are sampled once and shared.
 
     Saves work (e.g. an attenuation factor of 1 leaves a map unchanged) and makes "unchanged map, same seed"
@@ -231,7 +273,7 @@ def reconstruct_unique(model: FeatInv, features: Tensor, seeds: Sequence[int], *
             unique.append(i)
             match = len(unique) - 1
         keys.append(match)
-    images = reconstruct(model, features[unique], [seeds[j] for j in unique], **kwargs)
+    images = reconstruct(model, features[unique], [seeds[j] for j in unique], sampling, show_progress)
     return images[keys]
 
 
@@ -247,174 +289,46 @@ def model_description(model: FeatInv) -> dict[str, Any]:
             "pooled": bool(getattr(model, "pooled", False))}
 
 
-# ------------------------------------------------------------------------------- distribution check
-
-
-@dataclass
-class NormCheck:
-    """How far an edited feature map's per-position norms lie from a reference distribution.
-
-    ``max_percentile``: the percentile rank (0-100) of the edited map's largest norm among the reference
-    norms; ``norm_ratio``: largest edited norm / largest reference norm (above 1 = beyond anything in the
-    reference); ``fraction_above``: share of positions whose norm exceeds the reference's largest.
-    """
-
-    reference: str
-    max_norm: float
-    reference_max: float
-    norm_ratio: float
-    max_percentile: float
-    fraction_above: float
-    out_of_distribution: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        """The check as JSON-ready numbers (saved with each analysis item)."""
-        return {"reference": self.reference, "max_norm": self.max_norm, "reference_max": self.reference_max,
-                "norm_ratio": self.norm_ratio, "max_percentile": self.max_percentile,
-                "fraction_above_reference_max": self.fraction_above,
-                "out_of_distribution": self.out_of_distribution}
-
-
-def _stored_training_norms(model: Any) -> Tensor | None:
-    """Per-position feature norms (or their quantiles) stored with the run, if the trainer wrote them."""
-    for source in (getattr(model, "feature_norms", None), (getattr(model, "config", None) or {}).get("feature_norms")):
-        if source is None:
-            continue
-        if isinstance(source, dict):
-            source = source.get("quantiles") or source.get("values")
-        if source is None:
-            continue
-        try:
-            values = torch.as_tensor(source, dtype=torch.float64).flatten()
-        except (TypeError, ValueError, RuntimeError):
-            raise FeatinvError("stored training feature norms must be a list of numbers (see feature_norms.json); "
-                               "fix or delete them") from None
-        values = values[torch.isfinite(values)]
-        if values.numel():
-            return values.sort().values
-    return None
-
-
-def position_norms(fmap: Tensor) -> Tensor:
-    """``[B, C, h, w]`` -> the L2 norm over channels at every position, flattened."""
-    return fmap.detach().double().norm(dim=1).flatten().cpu()
-
-
-def reference_norms(model: Any, original: Tensor) -> tuple[Tensor, str]:
-    """Sorted reference norms and their name: the run's training norms if stored, else the original map's."""
-    stored = _stored_training_norms(model)
-    if stored is not None:
-        return stored, "training feature norms stored with the run"
-    return position_norms(original).sort().values, "per-position norms of the original image's feature map"
-
-
-def check_feature_norms(edited: Tensor, reference: Tensor, reference_name: str,
-                        limit: float = NORM_RATIO_LIMIT) -> NormCheck:
-    """Compare an edited map's per-position norms with sorted reference norms (see :class:`NormCheck`)."""
-    norms = position_norms(edited)
-    ref_max = float(reference[-1]) if reference.numel() else 0.0
-    max_norm = float(norms.max()) if norms.numel() else 0.0
-    rank = torch.searchsorted(reference, torch.tensor([max_norm], dtype=reference.dtype), right=True)
-    percentile = 100.0 * float(rank[0]) / max(reference.numel(), 1)
-    ratio = max_norm / ref_max if ref_max > 0 else (math.inf if max_norm > 0 else 1.0)
-    above = float((norms > ref_max).double().mean()) if norms.numel() else 0.0
-    return NormCheck(reference_name, max_norm, ref_max, ratio, percentile, above, ratio > limit)
-
-
-def warn_if_shifted(check: NormCheck, what: str, hint: str) -> str | None:
-    """Emit a :class:`FeatureShiftWarning` (and return its text) when ``check`` says the map is out of distribution."""
-    if not check.out_of_distribution:
-        return None
-    ratio = "inf" if math.isinf(check.norm_ratio) else f"{check.norm_ratio:.2f}"
-    message = (f"{what}: largest feature norm is {ratio}x the largest of the reference ({check.reference}); "
-               f"{100 * check.fraction_above:.0f}% of positions exceed it, so FeatInv never saw such maps in "
-               f"training and the reconstruction may not reflect the edit; {hint}")
-    warnings.warn(message, FeatureShiftWarning, stacklevel=3)
-    return message
-
-
-# ------------------------------------------------------------------------------------------ figures
-
-
-def to_uint8(images01: Tensor | np.ndarray) -> np.ndarray:
-    """``[3, H, W]`` (or ``[H, W, 3]``) floats in [0, 1] -> ``[H, W, 3]`` uint8 (:func:`featinv.data.to_uint8`)."""
-    from featinv.data import to_uint8 as convert
-
-    return convert(images01)
-
-
-def display_image(image: Image.Image, size: int, aspect: tuple[int, int] = (1, 1)) -> np.ndarray:
-    """The central crop the backbone sees (its input aspect ratio), resized to ``size`` x ``size`` uint8."""
-    from fractions import Fraction
-
-    from PIL import Image as PILImage
-
-    from featinv.data import center_crop_box
-
-    th, tw = aspect
-    crop = image.convert("RGB").crop(center_crop_box(*image.size, (Fraction(tw, th),) * 2))
-    return np.asarray(crop.resize((size, size), PILImage.BILINEAR), dtype=np.uint8).copy()
-
-
-def draw_box_outline(array: np.ndarray, box: tuple[int, int, int, int], color: tuple[int, int, int] = YELLOW,
-                     width: int = 2) -> np.ndarray:
-    """A copy of ``array`` (``[H, W, 3]`` uint8) with the outline of pixel box ``(x0, y0, x1, y1)`` drawn inside it.
-
-    ``x1``/``y1`` are exclusive; an empty box draws nothing. The outline is burnt into the pixels (not a
-    matplotlib patch), so it sits exactly on the region in both the array and the saved figure.
-    """
-    out = array.copy()
-    x0, y0, x1, y1 = box
-    if x1 <= x0 or y1 <= y0:
-        return out
-    width = max(1, min(width, (x1 - x0 + 1) // 2, (y1 - y0 + 1) // 2))
-    color_arr = np.asarray(color, dtype=out.dtype)
-    out[y0:y0 + width, x0:x1] = color_arr
-    out[y1 - width:y1, x0:x1] = color_arr
-    out[y0:y1, x0:x0 + width] = color_arr
-    out[y0:y1, x1 - width:x1] = color_arr
-    return out
-
-
-def new_figure(rows: int, cols: int, panel: float = 2.2) -> tuple[Figure, np.ndarray]:
-    """A figure of ``rows`` x ``cols`` image panels (no pyplot state, safe in threads and tests)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(panel * cols, panel * rows + 0.3), layout="constrained")
-    axes = np.asarray(fig.subplots(rows, cols, squeeze=False))
-    for ax in axes.flat:
-        ax.set_axis_off()
-    return fig, axes
-
-
-def image_panel(ax: Axes, image: np.ndarray, title: str = "", caption: str | None = None, **imshow: Any) -> None:
-    """One image panel with a title above and an optional number below (the paper's cosine captions)."""
-    ax.imshow(image, **imshow)
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=8)
-    if caption is not None:
-        ax.text(0.5, -0.04, caption, transform=ax.transAxes, ha="center", va="top", fontsize=8)
-
-
-def format_cosine(value: float) -> str:
-    return f"cos {value:.2f}"
-
-
 # ------------------------------------------------------------------------------------------ protocol
 
 
 class Analysis(ABC):
-    """Base of the analyses: ``compute`` numbers per image, ``figure`` per item, ``run`` writes both.
+    """Base class of the analyses; subclass it to add one (register the class with ``register_analyses``).
 
-    Subclasses set ``name`` and implement :meth:`compute`, :meth:`figure` and :meth:`settings`; every
-    per-image item has ``name`` and ``numbers()`` (its JSON).
+    The contract:
+
+    * ``name`` (class attribute): the registered name; it names the outputs' ``"analysis"`` field.
+    * ``__init__(**options)``: every option of the analysis, validated at once (a bad value is a
+      :class:`~featinv.errors.FeatinvError`); ``featinv viz NAME --option KEY=VALUE`` passes them here. It
+      must accept ``progress=`` and ``sampling=`` (a :class:`SamplingOptions`, built by the CLI from
+      ``--seed/--steps/--guidance/--scheduler/--batch-size/--bf16``) and hand them to
+      ``super().__init__``, which stores ``self.progress`` and ``self.sampling``; the simplest way is
+      ``def __init__(self, my_option=1, **common): super().__init__(**common)``.
+    * :meth:`settings` (abstract): the options as JSON, written to every output file.
+    * :meth:`compute` (abstract): ``compute(model, images, **inputs) -> list[item]`` computes one item per
+      image (or image pair) and writes nothing. ``model`` is a loaded FeatInv model; ``images`` whatever
+      :func:`as_images` accepts; ``inputs`` the analysis's extra inputs (``decomposer=``, ``others=``...).
+      Every item has a ``name`` (a filename-safe stem) and ``numbers()`` (its JSON-ready dict).
+    * :meth:`figure` (abstract): the matplotlib ``Figure`` of one item.
+
+    Reconstruct edited maps with :func:`reconstruct` (or :func:`reconstruct_unique`) and ``self.sampling``,
+    and check them with :mod:`featinv.analyses.shift` so an edit FeatInv never saw in training is flagged.
+
+    :meth:`run` does the rest, the same for every analysis: it loads ``model`` when given a run folder
+    (:func:`as_model`), calls :meth:`compute` with ``images`` and ``inputs`` unchanged, records every
+    :class:`~featinv.analyses.shift.FeatureShiftWarning` raised meanwhile (and re-emits it), and, when
+    ``out_dir`` is given, writes ``<item.name>.png`` (the figure) and ``<item.name>.json`` (``analysis``,
+    ``settings``, ``model`` and the item's numbers) per item plus ``summary.json`` (all items' numbers
+    and the warnings), atomically. It returns an :class:`AnalysisResult`.
     """
 
     name: ClassVar[str] = ""
 
-    def __init__(self, progress: bool = True) -> None:
+    def __init__(self, progress: bool = True, *, sampling: SamplingOptions | None = None,
+                 **sampling_fields: Any) -> None:
+        """``sampling`` (a :class:`SamplingOptions`), or its fields one by one (``steps=2``) for compatibility."""
         self.progress = progress
+        self.sampling = SamplingOptions.of(sampling, **sampling_fields)
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:

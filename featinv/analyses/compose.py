@@ -23,25 +23,29 @@ import torch
 from torch import Tensor
 
 from featinv.analyses.base import (
-    YELLOW,
     Analysis,
     AnalysisResult,
     NamedImage,
+    SamplingOptions,
     as_images,
     as_model,
-    check_count,
-    check_feature_norms,
-    display_image,
-    draw_box_outline,
-    format_cosine,
     image_features,
-    image_panel,
-    new_figure,
     pair_up,
     reconstruct_unique,
     reconstruction_features,
-    reference_norms,
+)
+from featinv.analyses.figures import (
+    YELLOW,
+    display_image,
+    draw_box_outline,
+    format_cosine,
+    image_panel,
+    new_figure,
     to_uint8,
+)
+from featinv.analyses.shift import (
+    check_feature_norms,
+    reference_norms,
     warn_if_shifted,
 )
 from featinv.errors import FeatinvError
@@ -201,10 +205,10 @@ class Composition(Analysis):
 
     name = "compose"
 
-    def __init__(self, regions: str | Sequence[Any] = DEFAULT_REGIONS, seed: int = 0, steps: int = 50,
-                 guidance_scale: float | None = None, scheduler: str = "ddim", batch_size: int = 16,
-                 progress: bool = True) -> None:
-        super().__init__(progress=progress)
+    def __init__(self, regions: str | Sequence[Any] = DEFAULT_REGIONS, *, progress: bool = True,
+                 sampling: SamplingOptions | None = None, **sampling_fields: Any) -> None:
+        """``sampling`` (or its fields: seed, steps, guidance_scale, scheduler, batch_size, bf16) sets how to sample."""
+        super().__init__(progress, sampling=sampling, **sampling_fields)
         if isinstance(regions, (str, Region)):
             regions = [regions]
         regions = list(regions)
@@ -215,17 +219,11 @@ class Composition(Analysis):
         for region in regions:  # validate the syntax now, the grid bounds once the model is known
             parse_region(region, (10**6, 10**6))
         self.regions = regions
-        self.seed = int(seed)
-        self.steps = check_count(steps, "steps")
-        self.guidance_scale = guidance_scale
-        self.scheduler = scheduler
-        self.batch_size = check_count(batch_size, "batch_size")
 
     def settings(self) -> dict[str, Any]:
         return {"regions": [r if isinstance(r, str) else list(r) if not isinstance(r, Region) else r.as_dict()
                             for r in self.regions],
-                "seed": self.seed, "steps": self.steps, "guidance_scale": self.guidance_scale,
-                "scheduler": self.scheduler}
+                **self.sampling.settings()}
 
     def run(self, model: Any, images: Any, out_dir: Any = None, device: Any = "cpu", *,  # type: ignore[override]
             others: Any) -> AnalysisResult:
@@ -257,9 +255,7 @@ class Composition(Analysis):
             checks.append(check.as_dict())
             warn_if_shifted(check, f"region {r.label} of {a.name}/{b.name}", "compose maps of similar scale")
         maps = torch.cat([fa, fb, composed])
-        images = reconstruct_unique(model, maps, [self.seed] * maps.shape[0], steps=self.steps,
-                                    guidance_scale=self.guidance_scale, scheduler=self.scheduler,
-                                    batch_size=self.batch_size, show_progress=self.progress)
+        images = reconstruct_unique(model, maps, [self.sampling.seed] * maps.shape[0], self.sampling, self.progress)
         rec = reconstruction_features(model, images).cpu()
         count = len(regions)
         own = cosine_median(maps.cpu(), rec)
@@ -269,7 +265,7 @@ class Composition(Analysis):
         aspect = tuple(int(v) for v in model.backbone.info.input_size)
         return CompositionItem(
             name=f"{a.name}__{b.name}", names=(a.name, b.name), image_a=display_image(a.image, size, aspect),
-            image_b=display_image(b.image, size, aspect), grid=grid, regions=regions, seed=self.seed,
+            image_b=display_image(b.image, size, aspect), grid=grid, regions=regions, seed=self.sampling.seed,
             reconstruction_a=images[0], reconstruction_b=images[1], composites=images[2:],
             cosine=own[2:].tolist(), cosine_a=cos_a.tolist(), cosine_b=cos_b.tolist(),
             cosine_reference=(float(own[0]), float(own[1])), norm_checks=checks,

@@ -20,21 +20,25 @@ from featinv.analyses.base import (
     Analysis,
     AnalysisResult,
     NamedImage,
+    SamplingOptions,
     as_images,
     as_model,
-    check_count,
-    check_feature_norms,
     check_fraction,
-    display_image,
-    format_cosine,
     image_features,
-    image_panel,
-    new_figure,
     pair_up,
     reconstruct,
     reconstruction_features,
-    reference_norms,
+)
+from featinv.analyses.figures import (
+    display_image,
+    format_cosine,
+    image_panel,
+    new_figure,
     to_uint8,
+)
+from featinv.analyses.shift import (
+    check_feature_norms,
+    reference_norms,
     warn_if_shifted,
 )
 from featinv.errors import FeatinvError
@@ -96,20 +100,14 @@ class Interpolation(Analysis):
 
     name = "interpolation"
 
-    def __init__(self, weights: str | Sequence[float] = DEFAULT_WEIGHTS, seed: int = 0, steps: int = 50,
-                 guidance_scale: float | None = None, scheduler: str = "ddim", batch_size: int = 16,
-                 progress: bool = True) -> None:
-        super().__init__(progress=progress)
+    def __init__(self, weights: str | Sequence[float] = DEFAULT_WEIGHTS, *, progress: bool = True,
+                 sampling: SamplingOptions | None = None, **sampling_fields: Any) -> None:
+        """``sampling`` (or its fields: seed, steps, guidance_scale, scheduler, batch_size, bf16) sets how to sample."""
+        super().__init__(progress, sampling=sampling, **sampling_fields)
         self.weights = parse_weights(weights)
-        self.seed = int(seed)
-        self.steps = check_count(steps, "steps")
-        self.guidance_scale = guidance_scale
-        self.scheduler = scheduler
-        self.batch_size = check_count(batch_size, "batch_size")
 
     def settings(self) -> dict[str, Any]:
-        return {"weights": self.weights, "seed": self.seed, "steps": self.steps,
-                "guidance_scale": self.guidance_scale, "scheduler": self.scheduler}
+        return {"weights": self.weights, **self.sampling.settings()}
 
     def run(self, model: Any, images: Any, out_dir: Any = None, device: Any = "cpu", *,  # type: ignore[override]
             others: Any) -> AnalysisResult:
@@ -134,9 +132,7 @@ class Interpolation(Analysis):
             check = check_feature_norms(m[None], reference, ref_name)
             checks.append(check.as_dict())
             warn_if_shifted(check, f"weight {w:g} of {a.name}/{b.name}", "mix maps from similar images")
-        images = reconstruct(model, maps, [self.seed] * len(self.weights), steps=self.steps,
-                             guidance_scale=self.guidance_scale, scheduler=self.scheduler,
-                             batch_size=self.batch_size, show_progress=self.progress)
+        images = reconstruct(model, maps, [self.sampling.seed] * len(self.weights), self.sampling, self.progress)
         rec = reconstruction_features(model, images).cpu()
         count = len(self.weights)
         cos = cosine_median(maps.cpu(), rec)
@@ -146,7 +142,7 @@ class Interpolation(Analysis):
         aspect = tuple(int(v) for v in model.backbone.info.input_size)
         return InterpolationItem(
             name=f"{a.name}__{b.name}", image_a=display_image(a.image, size, aspect),
-            image_b=display_image(b.image, size, aspect), weights=list(self.weights), seed=self.seed,
+            image_b=display_image(b.image, size, aspect), weights=list(self.weights), seed=self.sampling.seed,
             reconstructions=images, cosine=cos.tolist(), cosine_a=cos_a.tolist(), cosine_b=cos_b.tolist(),
             names=(a.name, b.name), norm_checks=checks,
         )

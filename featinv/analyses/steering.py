@@ -12,6 +12,7 @@ so the extra detail FeatInv-Viz brings is visible at a glance.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,23 +26,28 @@ from featinv.analyses.base import (
     Analysis,
     AnalysisResult,
     NamedImage,
+    SamplingOptions,
     as_decomposer,
     as_images,
     as_model,
     check_count,
-    check_feature_norms,
+    reconstruct_unique,
+    seeds_for,
+)
+from featinv.analyses.figures import (
     display_image,
     image_panel,
     new_figure,
-    reconstruct_unique,
-    reference_norms,
-    seeds_for,
     to_uint8,
+)
+from featinv.analyses.shift import (
+    check_feature_norms,
+    reference_norms,
     warn_if_shifted,
 )
 from featinv.errors import FeatinvError
 
-__all__ = ["FeatInvViz", "SteeringItem", "gradcam", "parse_concepts", "steer_concepts"]
+__all__ = ["Steering", "SteeringItem", "gradcam", "parse_concepts", "steer_concepts"]
 
 DEFAULT_ATTENUATE = 0.25
 DEFAULT_THRESHOLD = 0.33
@@ -121,8 +127,8 @@ def _gradcam_nchw(backbone: Any, module: torch.nn.Module, x: Tensor, target: int
         handle.remove()
     output = store["output"]
     (grad,) = torch.autograd.grad(logits[:, target].sum(), output)
-    acts = backbone._to_nchw({"output": output}, x)
-    grads = backbone._to_nchw({"output": grad}, x)
+    acts = backbone.to_nchw(output, x)
+    grads = backbone.to_nchw(grad, x)
     return F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True))
 
 
@@ -165,8 +171,8 @@ class SteeringItem:
                 "reconstruction_cosine": self.reconstruction_cosine, "concepts": per_concept}
 
 
-class FeatInvViz(Analysis):
-    """Concept steering visualised in input space (Algorithm 1 of the paper).
+class Steering(Analysis):
+    """FeatInv-Viz: concept steering visualised in input space (Algorithm 1 of the paper).
 
     ``attenuate``: factor for the concept's part (0.25 in the paper; 1 changes nothing; values above 1
     amplify and are flagged as out of distribution when they push norms beyond the reference); ``n``:
@@ -175,10 +181,11 @@ class FeatInvViz(Analysis):
 
     name = "steering"
 
-    def __init__(self, attenuate: float = DEFAULT_ATTENUATE, n: int = 5, threshold: float = DEFAULT_THRESHOLD,
-                 seed: int = 0, steps: int = 50, guidance_scale: float | None = None, scheduler: str = "ddim",
-                 batch_size: int = 16, gradcam: bool = True, progress: bool = True) -> None:
-        super().__init__(progress=progress)
+    def __init__(self, attenuate: float = DEFAULT_ATTENUATE, n: int = 5, threshold: float = DEFAULT_THRESHOLD, *,
+                 gradcam: bool = True, progress: bool = True, sampling: SamplingOptions | None = None,
+                 **sampling_fields: Any) -> None:
+        """``sampling`` (or its fields: seed, steps, guidance_scale, scheduler, batch_size, bf16) sets how to sample."""
+        super().__init__(progress, sampling=sampling, **sampling_fields)
         if isinstance(attenuate, bool) or not isinstance(attenuate, (int, float)) or not np.isfinite(attenuate) \
                 or attenuate < 0:
             raise FeatinvError(f"attenuate must be a number >= 0, got {attenuate!r}; use 0.25 (the paper) to weaken "
@@ -188,16 +195,10 @@ class FeatInvViz(Analysis):
         self.attenuate = float(attenuate)
         self.n = check_count(n, "n")
         self.threshold = float(threshold)
-        self.seed = int(seed)
-        self.steps = check_count(steps, "steps")
-        self.guidance_scale = guidance_scale
-        self.scheduler = scheduler
-        self.batch_size = check_count(batch_size, "batch_size")
         self.use_gradcam = bool(gradcam)
 
     def settings(self) -> dict[str, Any]:
-        return {"attenuate": self.attenuate, "n": self.n, "threshold": self.threshold, "seed": self.seed,
-                "steps": self.steps, "guidance_scale": self.guidance_scale, "scheduler": self.scheduler}
+        return {"attenuate": self.attenuate, "n": self.n, "threshold": self.threshold, **self.sampling.settings()}
 
     def run(self, model: Any, images: Any, out_dir: Any = None, device: Any = "cpu", *,  # type: ignore[override]
             decomposer: Any, concepts: str | int | Sequence[int] | None = "all") -> AnalysisResult:
@@ -236,13 +237,11 @@ class FeatInvViz(Analysis):
             warn_if_shifted(check, f"concept {c} x{self.attenuate:g} on {item.name}",
                             "use attenuate <= 1 (the paper attenuates to 0.25)")
 
-        seeds = seeds_for(self.seed, self.n)
+        seeds = seeds_for(self.sampling.seed, self.n)
         k_count = len(chosen)
         maps = torch.cat([original.expand(self.n, -1, -1, -1), edited.repeat_interleave(self.n, dim=0)])
         all_seeds = seeds * (k_count + 1)
-        recon = reconstruct_unique(model, maps, all_seeds, steps=self.steps, guidance_scale=self.guidance_scale,
-                                   scheduler=self.scheduler, batch_size=self.batch_size,
-                                   show_progress=self.progress)
+        recon = reconstruct_unique(model, maps, all_seeds, self.sampling, self.progress)
         originals = recon[:self.n]                                             # [n, 3, R, R]
         edits = recon[self.n:].reshape(k_count, self.n, *recon.shape[1:])     # [K, n, 3, R, R]
         distance = (originals[None] - edits).pow(2).sum(2).sqrt()              # [K, n, R, R]
@@ -302,7 +301,17 @@ def steer_concepts(model: Any, decomposer: Any, images: Any, out_dir: Any = None
                    gradcam: bool = True, device: str = "cpu", progress: bool = True) -> AnalysisResult:
     """FeatInv-Viz in one call: ``model`` (FeatInv or run folder), ``decomposer`` (fitted or its folder),
     ``images`` (paths, folders or PIL images); writes figures + JSON to ``out_dir`` when given."""
-    analysis = FeatInvViz(attenuate=attenuate, n=n, threshold=threshold, seed=seed, steps=steps,
-                          guidance_scale=guidance_scale, scheduler=scheduler, batch_size=batch_size,
-                          gradcam=gradcam, progress=progress)
+    analysis = Steering(attenuate=attenuate, n=n, threshold=threshold, seed=seed, steps=steps,
+                        guidance_scale=guidance_scale, scheduler=scheduler, batch_size=batch_size,
+                        gradcam=gradcam, progress=progress)
     return analysis.run(model, images, out_dir, device, decomposer=decomposer, concepts=concepts)
+
+
+def __getattr__(name: str) -> Any:
+    """``FeatInvViz``, the class's name before 0.2, still works for one release (with a DeprecationWarning)."""
+    if name == "FeatInvViz":
+        warnings.warn("featinv.FeatInvViz is now featinv.Steering (the analysis is registered and run as "
+                      "`steering`); the old name will be removed in the next release", DeprecationWarning,
+                      stacklevel=2)
+        return Steering
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

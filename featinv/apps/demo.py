@@ -236,11 +236,11 @@ def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, 
     Finished stages (trained base and models, evaluated images) are reused, so rerunning after an
     interruption continues where it stopped. Same ``seed`` → same numbers.
     """
-    from featinv.analyses.base import FeatureShiftWarning
     from featinv.analyses.compose import compose
     from featinv.analyses.interpolation import interpolate
+    from featinv.analyses.shift import FeatureShiftWarning
     from featinv.analyses.steering import steer_concepts
-    from featinv.concepts.base import fit_concepts
+    from featinv.concepts.fit import fit_concepts
     from featinv.data import builtin_photos
     from featinv.diffusion.model import FeatInv
     from featinv.report.figures import table_figure

@@ -58,7 +58,7 @@ def fit(
 
     Example: featinv concepts fit --backbone timm:tf_efficientnet_lite0 --layer blocks.4 --data photos/ --method mcd --n-concepts 5 --out concepts/
     """
-    from featinv.concepts.base import fit_concepts
+    from featinv.concepts.fit import fit_concepts
 
     decomposer = fit_concepts(
         backbone, layer=layer, data=data, method=method, n_concepts=n_concepts, out=out, weights=weights,
@@ -89,7 +89,7 @@ def show(
 
     Example: featinv concepts show --concepts concepts/ --image photos/cat.png --out cat-concepts.png
     """
-    from featinv.concepts.base import show_concepts
+    from featinv.concepts.maps import show_concepts
 
     path = show_concepts(concepts, image, out, device=device)
     console.print(f"wrote {path}")

@@ -62,3 +62,4 @@ Device = Annotated[str, typer.Option("--device", help="torch device, e.g. cpu or
 Pooled = Annotated[bool, typer.Option("--pooled/--unpooled", help="Condition on the pooled feature vector (paper's baseline).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Bf16 = Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast for the denoiser (CUDA only).")]

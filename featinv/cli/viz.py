@@ -1,35 +1,76 @@
-"""`featinv viz concept|interpolate|compose`: the paper's analyses as figures + JSON (one call each)."""
+"""`featinv viz NAME`: run any registered analysis (built-in or a plugin's) and write its figures + JSON.
+
+Every command here goes through ``featinv.registry.create_analysis(NAME, **options)`` and the analysis's
+``run(...)``, so a built-in is run exactly like a third-party one. The paper's analyses have commands
+with options of their own, named like the registered analysis (`viz steering`, `viz interpolation`,
+`viz compose`; the 0.1 names `viz concept` and `viz interpolate` stay as hidden aliases for one release).
+Any other registered analysis gets the generic command (:func:`run_analysis`): the common options plus
+``--option KEY=VALUE`` for the analysis's own options and ``--input KEY=VALUE`` for extra inputs of its
+``run``. The ``viz`` group (:class:`AnalysisGroup`) looks those names up in the registry when asked, so
+an analysis registered after the CLI was built (a test's ``featinv.registry.reset``) runs too.
+"""
 
 from __future__ import annotations
 
+import copy
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from featinv.cli.options import BatchSize, Device, Guidance, OutDir, Quiet, RunDir, Scheduler, Steps
+from featinv.cli.concepts import parse_options
+from featinv.cli.options import BatchSize, Bf16, Device, Guidance, Quiet, RunDir, Scheduler, Steps
 from featinv.console import console
-
-viz_app = typer.Typer(
-    name="viz",
-    help="Analyses on feature maps: concept steering (FeatInv-Viz), interpolation, spatial composition.",
-    no_args_is_help=True,
-)
+from featinv.errors import FeatinvError
 
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (steering uses seed, seed+1, ... for its n pairs).")]
 ImagesA = Annotated[list[Path], typer.Option("--image-a", "-a", help="First image(s): files or folders (repeatable).")]
 ImagesB = Annotated[list[Path], typer.Option("--image-b", "-b", help="Second image(s): one, or one per first image.")]
+VizOut = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: viz/COMMAND).")]
+AnalysisOption = Annotated[list[str] | None, typer.Option(
+    "--option", help="Analysis option KEY=VALUE (repeatable; values parsed as JSON when they can be), e.g. n=3.")]
 
 
-def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run an analysis with its out-of-distribution warnings collected (printed once by :func:`_report`)."""
-    from featinv.analyses.base import FeatureShiftWarning
+def _registered_analyses() -> list[str]:
+    """Names in the analysis registry; none when the plugins cannot be loaded (the error shows on use)."""
+    from featinv.registry import list_analyses
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FeatureShiftWarning)
-        return call(*args, **kwargs)
+    try:
+        return list_analyses()
+    except FeatinvError:
+        return []
+
+
+class AnalysisGroup(TyperGroup):
+    """The ``viz`` group: its own commands, plus the generic command for every other registered analysis."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        own = super().list_commands(ctx)
+        return [*own, *(name for name in _registered_analyses() if name not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in _registered_analyses():
+            return generic_command(cmd_name)
+        return command
+
+
+viz_app = typer.Typer(
+    name="viz",
+    cls=AnalysisGroup,
+    help="Analyses on feature maps: concept steering (FeatInv-Viz), interpolation, spatial composition, and any "
+         "analysis a plugin registers (`featinv plugins` lists them).",
+    no_args_is_help=True,
+)
+
+
+def _sampling(seed: int, steps: int, guidance: float | None, scheduler: str, batch_size: int, bf16: bool) -> Any:
+    from featinv.analyses.base import SamplingOptions
+
+    return SamplingOptions(seed=seed, steps=steps, guidance_scale=guidance, scheduler=scheduler,
+                           batch_size=batch_size, bf16=bf16)
 
 
 def _report(result: Any) -> None:
@@ -40,8 +81,30 @@ def _report(result: Any) -> None:
         console.print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
-@viz_app.command("concept")
-def concept(
+def run_registered(ctx: typer.Context, name: str, options: dict[str, Any], sampling: Any, run: Path, images: Any,
+                   out: Path | None, device: str, quiet: bool, **inputs: Any) -> None:
+    """Build analysis ``name`` from the registry with ``options``, run it, print what it wrote.
+
+    The out-of-distribution warnings are collected by the analysis and printed once by :func:`_report`.
+    """
+    from featinv.analyses.shift import FeatureShiftWarning
+    from featinv.registry import create_analysis
+
+    try:
+        analysis = create_analysis(name, sampling=sampling, progress=not quiet, **options)
+    except TypeError as exc:  # an option the analysis does not take (a typo in --option KEY=VALUE)
+        raise FeatinvError(f"bad option for the {name} analysis ({str(exc).split('__init__() ')[-1]}); check the "
+                           "--option names in the analysis's documentation") from None
+    out_dir = out if out is not None else Path("viz") / (ctx.info_name or name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FeatureShiftWarning)
+        result = analysis.run(run, images, out_dir, device, **inputs)
+    _report(result)
+
+
+@viz_app.command("steering")
+def steering(
+    ctx: typer.Context,
     run: RunDir,
     concepts: Annotated[Path, typer.Option("--concepts", help="Fitted concepts folder (`featinv concepts fit`).")],
     image: Annotated[list[Path], typer.Option("--image", "-i", help="Image files or folders (repeatable).")],
@@ -55,7 +118,8 @@ def concept(
     guidance: Guidance = None,
     scheduler: Scheduler = "ddim",
     batch_size: BatchSize = 16,
-    out: OutDir = Path("viz/concept"),
+    bf16: Bf16 = False,
+    out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
 ) -> None:
@@ -63,17 +127,16 @@ def concept(
 
     One figure per image (mask over the image, next to the upsampled concept map and Grad-CAM) + JSON.
 
-    Example: featinv viz concept --run runs/lite0 --concepts concepts/bunting --image bird.jpg --n 5
+    Example: featinv viz steering --run runs/lite0 --concepts concepts/bunting --image bird.jpg --n 5
     """
-    from featinv.analyses.steering import steer_concepts
-
-    _report(_quietly(steer_concepts, run, concepts, image, out, concepts=concept_id, attenuate=attenuate, n=n,
-                     threshold=threshold, seed=seed, steps=steps, guidance_scale=guidance, scheduler=scheduler,
-                     batch_size=batch_size, gradcam=gradcam, device=device, progress=not quiet))
+    options = {"attenuate": attenuate, "n": n, "threshold": threshold, "gradcam": gradcam}
+    run_registered(ctx, "steering", options, _sampling(seed, steps, guidance, scheduler, batch_size, bf16), run,
+                   image, out, device, quiet, decomposer=concepts, concepts=concept_id)
 
 
-@viz_app.command("interpolate")
-def interpolate(
+@viz_app.command("interpolation")
+def interpolation(
+    ctx: typer.Context,
     run: RunDir,
     image_a: ImagesA,
     image_b: ImagesB,
@@ -83,23 +146,23 @@ def interpolate(
     guidance: Guidance = None,
     scheduler: Scheduler = "ddim",
     batch_size: BatchSize = 16,
-    out: OutDir = Path("viz/interpolate"),
+    bf16: Bf16 = False,
+    out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
 ) -> None:
     """Reconstruct weighted mixes w*f(A) + (1-w)*f(B) with one seed; cosine similarity under each (Figure 5).
 
-    Example: featinv viz interpolate --run runs/lite0 --image-a bird.jpg --image-b landscape.jpg
+    Example: featinv viz interpolation --run runs/lite0 --image-a bird.jpg --image-b landscape.jpg
     """
-    from featinv.analyses.interpolation import interpolate as run_interpolation
-
-    _report(_quietly(run_interpolation, run, image_a, image_b, out, weights=weights, seed=seed, steps=steps,
-                     guidance_scale=guidance, scheduler=scheduler, batch_size=batch_size, device=device,
-                     progress=not quiet))
+    run_registered(ctx, "interpolation", {"weights": weights},
+                   _sampling(seed, steps, guidance, scheduler, batch_size, bf16), run, image_a, out, device, quiet,
+                   others=image_b)
 
 
 @viz_app.command("compose")
 def compose(
+    ctx: typer.Context,
     run: RunDir,
     image_a: ImagesA,
     image_b: ImagesB,
@@ -111,7 +174,8 @@ def compose(
     guidance: Guidance = None,
     scheduler: Scheduler = "ddim",
     batch_size: BatchSize = 16,
-    out: OutDir = Path("viz/compose"),
+    bf16: Bf16 = False,
+    out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
 ) -> None:
@@ -119,12 +183,72 @@ def compose(
 
     Example: featinv viz compose --run runs/lite0 --image-a bird.jpg --image-b sky.jpg --region center
     """
-    from featinv.analyses.compose import DEFAULT_REGIONS
-    from featinv.analyses.compose import compose as run_compose
+    options = {"regions": region} if region else {}
+    run_registered(ctx, "compose", options, _sampling(seed, steps, guidance, scheduler, batch_size, bf16), run,
+                   image_a, out, device, quiet, others=image_b)
 
-    _report(_quietly(run_compose, run, image_a, image_b, out, region=region or list(DEFAULT_REGIONS), seed=seed,
-                     steps=steps, guidance_scale=guidance, scheduler=scheduler, batch_size=batch_size, device=device,
-                     progress=not quiet))
+
+#: the 0.1 command names, kept as hidden aliases (``featinv viz concept`` is ``featinv viz steering``)
+OLD_COMMAND_NAMES = {"concept": steering, "interpolate": interpolation}
+for _old, _command in OLD_COMMAND_NAMES.items():
+    viz_app.command(_old, hidden=True, help=f"Old name of `featinv viz {_command.__name__}` (kept for one release).")(
+        _command)
+
+
+# ------------------------------------------------------------------------ any other registered analysis
+
+
+def run_analysis(
+    ctx: typer.Context,
+    run: RunDir,
+    image: Annotated[list[Path], typer.Option(
+        "--image", "-i", "--image-a", "-a", help="Image files or folders (repeatable): the analysis's images.")],
+    image_b: Annotated[list[Path] | None, typer.Option(
+        "--image-b", "-b", help="Second image(s), for analyses of image pairs (passed to run as others=).")] = None,
+    concepts: Annotated[Path | None, typer.Option(
+        "--concepts", help="Fitted concepts folder, for analyses of concepts (passed to run as decomposer=).")] = None,
+    option: AnalysisOption = None,
+    input_: Annotated[list[str] | None, typer.Option(
+        "--input", help="Extra input of the analysis's run, KEY=VALUE (repeatable).")] = None,
+    seed: Seed = 0,
+    steps: Steps = 50,
+    guidance: Guidance = None,
+    scheduler: Scheduler = "ddim",
+    batch_size: BatchSize = 16,
+    bf16: Bf16 = False,
+    out: VizOut = None,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+) -> None:
+    """Run a registered analysis: its options with --option KEY=VALUE, one figure + JSON per image.
+
+    Example: featinv viz NAME --run runs/lite0 --image bird.jpg --option strength=2
+    """
+    name = ctx.info_name or ""
+    inputs = parse_options(input_)
+    if image_b:
+        inputs["others"] = image_b
+    if concepts is not None:
+        inputs["decomposer"] = concepts
+    run_registered(ctx, name, parse_options(option), _sampling(seed, steps, guidance, scheduler, batch_size, bf16),
+                   run, image, out, device, quiet, **inputs)
+
+
+_generic_app = typer.Typer(add_completion=False)
+_generic_app.command("analysis")(run_analysis)
+
+
+def generic_command(name: str) -> Any:
+    """The click command that runs registered analysis ``name`` through :func:`run_analysis`."""
+    from featinv.registry import get_registry
+
+    command = copy.copy(typer.main.get_command(_generic_app))
+    command.name = name
+    description = get_registry("analyses").get(name).description
+    if description:
+        command.short_help = description
+        command.help = f"{description}\n\n{command.help}"
+    return command
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,8 @@ original only in that concept -- what concept steering (FeatInv-Viz) needs.
 
 Methods are plugins (``register_decomposers``): ``mcd`` (multi-dimensional concept discovery, concepts as
 linear subspaces), ``nmf`` (non-negative / semi-NMF atoms) and ``sae`` (TopK sparse autoencoder atoms).
+This module holds the contract and the saved format; fitting on a backbone's features is
+:mod:`featinv.concepts.fit`, activation maps and their figure :mod:`featinv.concepts.maps`.
 """
 
 from __future__ import annotations
@@ -15,22 +17,16 @@ from __future__ import annotations
 import contextlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from featinv.errors import FeatinvError
 from featinv.registry import create_decomposer
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-    from PIL import Image
-
-    from featinv.features.backbone import Backbone
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "concepts.safetensors"
@@ -141,11 +137,26 @@ def feature_vectors(fmap: Tensor) -> Tensor:
 
 
 class Decomposer(ABC):
-    """Base class of the concept decomposers.
+    """Base class of the concept decomposers; subclass it to add one (register it with ``register_decomposers``).
 
-    Subclasses implement ``_fit(x)`` (x is float64 ``[N, C]``), ``_concept_parts(x) -> [K, N, C]`` and
-    ``_state()`` / ``_load_state(tensors)``; the base class does validation, the exact residual, chunking
-    and saving/loading so every method behaves the same at those edges.
+    The contract:
+
+    * ``name`` (class attribute, required): the registered name. :meth:`save` writes it to config.json as
+      ``"method"`` and :func:`load_decomposer` rebuilds the class from the registry by it, so it must equal
+      the name the plugin registers.
+    * ``__init__(n_concepts=5, seed=0, **options)``: call ``super().__init__(n_concepts, seed)``; the
+      registry's factory is called as ``factory(n_concepts=K, **options)`` (``--option KEY=VALUE``).
+    * :meth:`options`: override it to return ``{**super().options(), "your_option": ...}``: every constructor
+      argument that defines the decomposer, saved in config.json and passed back to the constructor on load.
+    * Abstract methods: ``_fit(x)`` learns from float64 vectors ``[N, C]``; ``_concept_parts(x)`` returns
+      ``[K, N, C]``, the part of each vector each concept explains; ``_state()`` returns the fitted tensors
+      (a ``dict[str, Tensor]``) and ``_load_state(tensors)`` restores them. Optional: ``_reconstruct(x)``
+      (when cheaper than summing the parts), ``_min_samples()``, :meth:`summary`.
+
+    The base class does the rest, so every method behaves the same at the edges: input validation,
+    the exact residual (``input - sum(parts)``), chunking of large inputs, relevances, and persistence:
+    :meth:`save` writes ``config.json`` + ``concepts.safetensors`` atomically, :meth:`load` /
+    :func:`load_decomposer` read any method's folder back.
     """
 
     name: ClassVar[str] = ""
@@ -365,255 +376,3 @@ def load_decomposer(directory: str | os.PathLike[str]) -> Decomposer:
     decomposer.classifier_weight = weight
     decomposer.meta = dict(config.get("meta") or {})
     return decomposer
-
-
-# --------------------------------------------------------------------------- fitting on a backbone's features
-def _image_items(data: Any, max_images: int | None) -> tuple[list[Any], str]:
-    """``data`` -> (image paths and/or PIL images, a description for the metadata); nothing is opened yet.
-
-    ``data`` is an image folder (recursive), one image file, or a list of paths / PIL images.
-    """
-    from PIL import Image as PILImage
-
-    from featinv.data import find_images
-
-    if data is None:
-        raise FeatinvError("no fitting data given; pass an image folder (e.g. one class), image files or PIL images")
-    if isinstance(data, (str, os.PathLike)):
-        items: list[Any] = list(find_images(data).paths)
-        description = str(data)
-    elif isinstance(data, PILImage.Image):
-        items, description = [data], "1 image"
-    elif isinstance(data, Sequence) and len(data) > 0:
-        items = []
-        for item in data:
-            if isinstance(item, (str, os.PathLike)):
-                items.extend(find_images(item).paths)
-            elif isinstance(item, PILImage.Image):
-                items.append(item)
-            else:
-                raise FeatinvError(f"fitting data must be image paths or PIL images, got {type(item).__name__}")
-        description = f"{len(items)} images"
-    else:
-        raise FeatinvError(f"fitting data must be a folder, image path(s) or PIL images, got {type(data).__name__}")
-    if max_images is not None:
-        if max_images < 1:
-            raise FeatinvError(f"max_images must be at least 1, got {max_images}")
-        items = items[:max_images]
-    return items, description
-
-
-def extract_vectors(backbone: Backbone, images: Sequence[Any], batch_size: int = 16,
-                    progress: bool = True) -> tuple[Tensor, list[str]]:
-    """Feature vectors ``[n*h*w, C]`` (CPU float32) of every position of every image, and the skipped files.
-
-    ``images`` are PIL images or paths; paths are opened one batch at a time (a large folder never sits in
-    memory at once) and unreadable files are skipped and returned by name.
-    """
-    from PIL import Image as PILImage
-
-    from featinv.data import try_open_image
-    from featinv.progress import progress as progress_bar
-
-    if batch_size < 1:
-        raise FeatinvError(f"batch_size must be at least 1, got {batch_size}")
-    batches = [list(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    vectors, skipped = [], []
-    with torch.no_grad():
-        for batch in progress_bar(batches, description="extracting features", enabled=progress):
-            opened = []
-            for item in batch:
-                img = item.convert("RGB") if isinstance(item, PILImage.Image) else try_open_image(item)
-                if img is None:
-                    skipped.append(str(item))
-                else:
-                    opened.append(img)
-            if opened:
-                vectors.append(feature_vectors(backbone.features(backbone.preprocess(opened))).float().cpu())
-    if not vectors:
-        raise FeatinvError(f"none of the {len(images)} images could be read; pass readable images")
-    return torch.cat(vectors), skipped
-
-
-def classifier_row(backbone: Backbone, target_class: int) -> Tensor:
-    """The weight row for ``target_class`` of the backbone's final linear classifier, if it reads this layer.
-
-    Relevances ``<f_c, w>`` only mean something when the classifier is linear in the layer's features
-    (the layer is the one directly before global pooling and the last ``Linear``).
-    """
-    linear = [m for m in backbone.model.modules() if isinstance(m, torch.nn.Linear)]
-    if not linear:
-        raise FeatinvError(f"{backbone.spec} has no linear classifier; fit without target_class")
-    head = linear[-1]
-    if not 0 <= target_class < head.out_features:
-        raise FeatinvError(f"target class {target_class} is outside 0..{head.out_features - 1}; pass a class index")
-    if head.in_features != backbone.info.channels:
-        raise FeatinvError(
-            f"the classifier of {backbone.spec} reads {head.in_features} channels but layer {backbone.layer} has "
-            f"{backbone.info.channels}; relevances need the last feature layer (omit --layer) or no --target-class"
-        )
-    return head.weight[target_class].detach().float().cpu()
-
-
-def _portable_weights(weights: str) -> str:
-    """A weight-file path made absolute, so the concepts folder works from any directory."""
-    if weights not in ("pretrained", "none") and Path(weights).is_file():
-        return str(Path(weights).resolve())
-    return weights
-
-
-def fit_concepts(
-    backbone: str | Backbone,
-    layer: str | None = None,
-    data: Any = None,
-    method: str = "mcd",
-    n_concepts: int = 5,
-    out: str | os.PathLike[str] | None = None,
-    *,
-    weights: str = "pretrained",
-    input_size: int | None = None,
-    max_images: int | None = None,
-    batch_size: int = 16,
-    device: str = "cpu",
-    target_class: int | None = None,
-    progress: bool = True,
-    **options: Any,
-) -> Decomposer:
-    """Fit concepts on a backbone layer's feature vectors over images (e.g. one class) and optionally save them.
-
-    ``backbone`` is a spec (``timm:tf_efficientnet_lite0``) or a built :class:`~featinv.features.backbone.Backbone`;
-    ``data`` an image folder, image file(s) or PIL images; ``options`` go to the decomposer (e.g.
-    ``clustering="kmeans"`` for MCD, ``k=4`` for the SAE). ``target_class`` stores that class's classifier
-    row for relevances (only when the layer feeds the linear classifier). The saved folder records the
-    backbone spec, layer, weights and channels so later commands can check they use the same features.
-    """
-    from featinv.features.backbone import backbone as build_backbone
-
-    try:
-        decomposer = create_decomposer(method, n_concepts=n_concepts, **options)
-    except TypeError as exc:  # an option name the decomposer does not take (a typo in --option KEY=VALUE)
-        raise FeatinvError(f"bad option for the {method} decomposer ({str(exc).split('__init__() ')[-1]}); "
-                           "check the --option names in the decomposer's documentation") from None
-    decomposer.progress = progress
-    items, description = _image_items(data, max_images)
-    if isinstance(backbone, str):
-        model = build_backbone(backbone, layer=layer, weights=weights, input_size=input_size, device=device)
-    else:
-        model = backbone
-        if layer is not None and layer != model.layer:
-            raise FeatinvError(f"the backbone given is cut at {model.layer!r}, not {layer!r}; build it with that layer")
-    vectors, skipped = extract_vectors(model, items, batch_size=batch_size, progress=progress)
-    weight = classifier_row(model, target_class) if target_class is not None else None
-    decomposer.fit(vectors, classifier_weight=weight)
-    decomposer.meta = {
-        "backbone": model.spec,
-        "layer": model.layer,
-        "weights": _portable_weights(getattr(model, "weights", weights)),
-        "input_size": input_size if isinstance(backbone, str) else model.info.input_size[0],
-        "input_hw": list(model.info.input_size),
-        "grid": list(model.info.grid),
-        "channels": model.info.channels,
-        "data": description,
-        "n_images": len(items) - len(skipped),
-        "skipped_images": len(skipped),
-        "n_vectors": int(vectors.shape[0]),
-        "energy_explained": round(1.0 - decomposer.relative_error(vectors), 6),
-        "target_class": target_class,
-    }
-    if out is not None:
-        decomposer.save(out)
-    return decomposer
-
-
-# --------------------------------------------------------------------------- concept activation maps
-def backbone_for(decomposer: Decomposer, device: str = "cpu") -> Backbone:
-    """Rebuild the backbone (spec, layer, weights, input size) the concepts were fitted on."""
-    from featinv.features.backbone import backbone as build_backbone
-
-    meta = decomposer.meta
-    if not meta.get("backbone"):
-        raise FeatinvError("these concepts were fitted on raw vectors, so their backbone is unknown; pass backbone=")
-    model = build_backbone(meta["backbone"], layer=meta.get("layer"), weights=meta.get("weights", "pretrained"),
-                           input_size=meta.get("input_size"), device=device)
-    decomposer.check_backbone(model.spec, model.layer, model.info.channels)
-    return model
-
-
-def concept_activation_maps(
-    decomposer: Decomposer, backbone: Backbone, image: Image.Image | str | os.PathLike[str]
-) -> tuple[Tensor, Tensor]:
-    """``(image01 [3, H, W], maps [K+1, H, W])``: |part|^2 per position, bilinearly upsampled to the input.
-
-    This is the coarse concept activation map (the last map is the residual) that FeatInv-Viz improves on.
-    """
-    import torch.nn.functional as F
-
-    from featinv.data import open_image
-
-    decomposer.check_backbone(backbone.spec, backbone.layer, backbone.info.channels)
-    if isinstance(image, (str, os.PathLike)):
-        image = open_image(image)
-    x = backbone.preprocess(image)
-    with torch.no_grad():
-        decomposition = decomposer.decompose(backbone.features(x))
-    maps = decomposition.concept_maps(include_residual=True)[:, 0].cpu()  # [K+1, h, w]
-    size = tuple(x.shape[-2:])
-    upsampled = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0].clamp_min(0.0)
-    mean = torch.tensor(backbone.preprocessing.mean).view(3, 1, 1)
-    std = torch.tensor(backbone.preprocessing.std).view(3, 1, 1)
-    image01 = (x[0].cpu() * std + mean).clamp(0.0, 1.0)
-    return image01, upsampled
-
-
-def concept_figure(image01: Tensor, maps: Tensor, title: str = "") -> Figure:
-    """Image plus one panel per concept (and the residual) with its activation map overlaid.
-
-    All panels share one colour scale, so brightness compares concepts; titles give each part's share of
-    the total ``|part|^2`` over the image.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    k = maps.shape[0] - 1
-    shares = maps.sum((1, 2)) / maps.sum().clamp_min(1e-30)
-    vmax = float(maps.max().clamp_min(1e-30))
-    panels = k + 2
-    fig, axes = plt.subplots(1, panels, figsize=(2.2 * panels, 2.6), squeeze=False)
-    picture = image01.permute(1, 2, 0).numpy()
-    gray = picture.mean(2)
-    axes[0, 0].imshow(picture)
-    axes[0, 0].set_title("image", fontsize=9)
-    for i in range(k + 1):
-        ax = axes[0, i + 1]
-        ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
-        ax.imshow(maps[i].numpy(), cmap="inferno", alpha=0.6, vmin=0.0, vmax=vmax)
-        name = f"concept {i}" if i < k else "residual"
-        ax.set_title(f"{name} ({100 * float(shares[i]):.0f}%)", fontsize=9)
-    for ax in axes[0]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def show_concepts(
-    concepts: str | os.PathLike[str] | Decomposer,
-    image: Image.Image | str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    backbone: Backbone | None = None,
-    device: str = "cpu",
-) -> Path:
-    """Write a PNG of the concept activation maps (bilinear upsampling) of ``image`` for saved concepts."""
-    from featinv.io import save_figure
-
-    if Path(out).is_dir():
-        raise FeatinvError(f"--out {out} is a folder; pass a file name such as {Path(out) / 'concepts.png'}")
-    decomposer = concepts if isinstance(concepts, Decomposer) else load_decomposer(concepts)
-    model = backbone if backbone is not None else backbone_for(decomposer, device=device)
-    image01, maps = concept_activation_maps(decomposer, model, image)
-    title = f"{decomposer.name} concepts, {model.spec} {model.layer}"
-    return save_figure(concept_figure(image01, maps, title), out)

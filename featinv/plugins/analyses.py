@@ -13,9 +13,9 @@ from featinv.hookspecs import hookimpl
 
 def steering(**options: Any) -> Any:
     """FeatInv-Viz: attenuate one concept, reconstruct with the same seeds, map the pixel difference."""
-    from featinv.analyses.steering import FeatInvViz
+    from featinv.analyses.steering import Steering
 
-    return FeatInvViz(**options)
+    return Steering(**options)
 
 
 def interpolation(**options: Any) -> Any:
