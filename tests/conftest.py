@@ -31,7 +31,7 @@ def install_plugin(tmp_path, monkeypatch):
 
     def install(dist: str, module: str, body: str) -> Path:
         (site / f"{module}.py").write_text(textwrap.dedent(body))
-        info = site / f"{dist}-1.0.dist-info"
+        info = site / f"{dist.replace('-', '_')}-1.0.dist-info"  # as pip names it: one dash before the version
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
         (info / "entry_points.txt").write_text(f"[featinv]\n{module} = {module}\n")

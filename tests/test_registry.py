@@ -4,8 +4,6 @@ per-kind contracts checked at registration."""
 from __future__ import annotations
 
 import re
-import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -24,15 +22,6 @@ class _Plugin:
         register("alpha", lambda n_concepts=2: ("alpha", n_concepts), description="first")
         register("beta", lambda n_concepts=2: ("beta", n_concepts))
         register("fake", lambda name, **kw: ("fake", name, kw))
-
-
-def _write_dist(site: Path, dist: str, module: str, body: str) -> None:
-    """An on-path .dist-info with an entry point in group featinv, as pip would install it."""
-    (site / f"{module}.py").write_text(textwrap.dedent(body))
-    info = site / f"{dist}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[featinv]\n{module} = {module}\n")
 
 
 def test_list_filter_sorted_and_create():
@@ -94,17 +83,15 @@ def test_package_registering_a_builtin_name_is_disabled_not_the_builtin():
     assert "registered by both 'featinv' and 'clash_pkg'" in state.errors["clash_pkg"]
 
 
-def test_entry_point_discovery_broken_plugin_and_autoload_switch(tmp_path, monkeypatch):
-    _write_dist(tmp_path, "good-plugin", "good_featinv_plugin", """
+def test_entry_point_discovery_broken_plugin_and_autoload_switch(install_plugin, monkeypatch):
+    install_plugin("good-plugin", "good_featinv_plugin", """
         from featinv import hookimpl
 
         @hookimpl
         def register_backbones(register):
             register("identity-test", lambda **kw: "built", description="from an entry point")
     """)
-    _write_dist(tmp_path, "broken-plugin", "broken_featinv_plugin", "raise ImportError('missing dependency xyz')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv(DISABLE_AUTOLOAD_ENV, raising=False)
+    install_plugin("broken-plugin", "broken_featinv_plugin", "raise ImportError('missing dependency xyz')\n")
 
     state = build_state()
     backbones = state.registries["backbones"]
