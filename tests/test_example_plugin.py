@@ -156,3 +156,14 @@ def test_example_decomposer_and_command_from_the_cli(installed_example, tmp_path
     shown = _featinv(installed_example, "pca-variance", "--concepts", str(concepts))
     assert shown.returncode == 0, shown.stderr
     assert "energy explained" in shown.stdout and "%" in shown.stdout
+
+
+def test_docs_show_every_example_module_in_full():
+    """The example is built only from docs/plugins.md: every module of it appears there verbatim."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    modules = sorted((EXAMPLE / "featinv_example").glob("*.py"))
+    assert len(modules) == 7
+    for module in modules:
+        if module.name != "__init__.py":
+            assert module.read_text().rstrip() in docs, f"{module.name} differs from docs/plugins.md"
+    assert all(f'{name} = "{target}"' in docs for name, target in _entry_points().items())

@@ -80,6 +80,7 @@ def apply_state_dict(model: nn.Module, state: dict[str, Tensor], source: str, sp
 
 
 def offline_error(spec: str, exc: BaseException, cache: str) -> FeatinvError:
+    """The one message for pretrained weights that cannot be fetched: where they are cached and the alternatives."""
     reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else type(exc).__name__
     return FeatinvError(f"could not load the pretrained weights of {spec} ({reason}); they are downloaded on first "
                         f"use and cached in {cache}: run once with network access, or pass --weights PATH to a "
