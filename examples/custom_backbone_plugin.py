@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from featinv import hookimpl
+from featinv.hookspecs import Register
 
 
 class SmallCNN(nn.Module):
@@ -63,19 +64,17 @@ def create_smallcnn_backbone(model_name: str | None = None, layer: str | None = 
     """
     from featinv.errors import FeatinvError
     from featinv.features.backbone import Backbone, ModelKnowledge, Preprocessing
+    from featinv.features.weights import build_with_weights
 
     if model_name not in VARIANTS:
         raise FeatinvError(f"unknown smallcnn variant {model_name!r}; use one of {', '.join(VARIANTS)}")
-    with torch.random.fork_rng(devices=[]):  # weights="none" must give the same model in every process
-        torch.manual_seed(0)
-        model = SmallCNN(width=VARIANTS[model_name])
-    if weights == "pretrained":
+    spec = f"smallcnn:{model_name}"
+
+    def pretrained() -> nn.Module:
         raise FeatinvError("smallcnn has no published weights; pass weights='none' or a state-dict file")
-    if weights != "none":
-        path = Path(weights)
-        if not path.is_file():
-            raise FeatinvError(f"weights file {path} does not exist; pass 'none' or a file saved with torch.save")
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    # "none": a seeded random init (the same model in every process); a file: loaded into that model
+    model, used = build_with_weights(spec, weights, lambda: SmallCNN(width=VARIANTS[model_name]), pretrained)
     size = input_size or 64
     knowledge = ModelKnowledge(
         # how to run the model up to global pooling: the module that made this tensor is the default layer
@@ -83,12 +82,11 @@ def create_smallcnn_backbone(model_name: str | None = None, layer: str | None = 
         # both `stages` and `stages.1` return that tensor; name the canonical one
         preferred_layers=("stages.1",),
     )
-    return Backbone(f"smallcnn:{model_name}", model, layer, Preprocessing((size, size)), knowledge,
-                    device=device, weights=str(weights))
+    return Backbone(spec, model, layer, Preprocessing((size, size)), knowledge, device=device, weights=used)
 
 
 @hookimpl
-def register_backbones(register: Any) -> None:
+def register_backbones(register: Register) -> None:
     """The plugin hook: featinv calls it once when it builds the backbone registry."""
     register("smallcnn", create_smallcnn_backbone, description="example: a small CNN defined in a script")
 

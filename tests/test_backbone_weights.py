@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import featinv
 from featinv.errors import FeatinvError
-from featinv.plugins import backbones as plugin
+from featinv.plugins.backbones import timm as plugin
 
 SPEC, LAYER, SIZE = "timm:convnext_atto", "stages.2", 64
 

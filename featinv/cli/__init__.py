@@ -53,11 +53,12 @@ def root(
 
 
 def _assemble() -> None:
+    """Add featinv's own commands, then plugin commands (a broken plugin only disables itself)."""
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(app)
-    from featinv.registry import plugin_manager
+    from featinv.cli.plugins import add_plugin_commands
 
-    plugin_manager().hook.register_commands(app=app)
+    add_plugin_commands(app)
 
 
 _assemble()

@@ -88,6 +88,11 @@ class DiffusionBase:
     def num_train_timesteps(self) -> int:
         return int(self.scheduler_config.get("num_train_timesteps", 1000))
 
+    @property
+    def reloadable(self) -> bool:
+        """Whether :func:`load_base` can load this base again from its ``spec`` (one built in memory cannot)."""
+        return True
+
     def describe(self) -> dict[str, Any]:
         """Numbers a FeatInv run records so a mismatching base is refused on load."""
         return {"spec": self.spec, "resolution": self.resolution, "latent_channels": self.latent_channels,
@@ -349,6 +354,11 @@ class PixelBase(DiffusionBase):
         scheduler_config = read_json(directory / "scheduler" / "scheduler_config.json", what="pixel base scheduler")
         return cls(f"pixel:{directory.resolve()}", unet, scheduler_config, table, device=device)
 
+    @property
+    def reloadable(self) -> bool:
+        """Only once saved: a pixel base created in memory has no folder yet."""
+        return (Path(self.spec.partition(":")[2]) / PIXEL_MARKER).is_file()
+
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write the base atomically piece by piece; the marker file is written last."""
         directory = Path(directory)
@@ -394,16 +404,15 @@ def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: 
 # ---- loading by spec ------------------------------------------------------------------------------
 
 def load_base(spec: str | DiffusionBase, device: str | torch.device = "cpu") -> DiffusionBase:
-    """``sd:PATH_OR_HUB_ID`` | ``pixel:DIR`` | a bare folder (kind detected) | an existing base."""
+    """``PREFIX:ARG`` of a registered base (``sd:PATH_OR_HUB_ID``, ``pixel:DIR``, ...) | a bare folder (the
+    registered base that recognises it) | an existing base."""
     if isinstance(spec, DiffusionBase):
         return spec.to(device)
-    from featinv.registry import create_base, get_registry
+    from featinv.registry import base_for_folder, create_base, is_base
 
-    prefix = spec.partition(":")[0]
-    if prefix not in get_registry("bases").entries:
+    if not is_base(spec):
         folder = Path(spec).expanduser()
-        if (folder / PIXEL_MARKER).is_file():
-            return PixelBase.from_pretrained(folder, device=device)
-        if (folder / "model_index.json").is_file():
-            return StableDiffusionBase.load(spec, device=device)
+        name = base_for_folder(folder)
+        if name is not None:
+            return create_base(f"{name}:{folder}", device=device)
     return create_base(spec, device=device)

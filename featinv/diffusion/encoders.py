@@ -5,13 +5,14 @@ An encoder is a diffusers ``ModelMixin, ConfigMixin`` whose ``__init__`` signatu
 ``C0`` is the first block width of the diffusion UNet and ``(H, W)`` its latent grid. Its last layer is
 zero-initialised so that a fresh FeatInv model starts exactly at the frozen diffusion base.
 
-The built-in encoders (``conv``, ``perceiver``) live in :mod:`featinv.plugins.encoder_models` and are
-registered like third-party ones; this module holds the shared base class and how encoders are saved.
+The built-in encoders (``conv``, ``perceiver``) are plugins (``featinv/plugins/encoders/``), registered like
+third-party ones; this module holds the shared base class and how encoders are saved.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +25,13 @@ from featinv.io import load_safetensors, read_json, save_safetensors, write_json
 
 WEIGHTS_NAME = "encoder.safetensors"
 CONFIG_NAME = "config.json"
+
+
+def check_encoder_sizes(in_channels: int, out_channels: int, grid: Sequence[int]) -> None:
+    """Refuse non-positive channel counts or a malformed latent grid before any layer is built."""
+    if in_channels < 1 or out_channels < 1 or len(grid) != 2 or min(grid) < 1:
+        raise FeatinvError(f"encoder sizes must be positive (in_channels={in_channels}, out_channels={out_channels}, "
+                           f"grid={tuple(grid)}); check the backbone layer and diffusion base")
 
 
 class FeatureEncoder(ModelMixin, ConfigMixin):

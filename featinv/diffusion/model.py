@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from featinv.diffusion.bases import PIXEL_MARKER, DiffusionBase, load_base
+from featinv.diffusion.bases import DiffusionBase, load_base
 from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
 from featinv.diffusion.encoders import build_encoder
 from featinv.diffusion.sampler import denoise
@@ -84,12 +84,6 @@ def _check_base(base: DiffusionBase, expected: dict[str, Any], run: str) -> None
         detail = ", ".join(f"{k} {got[k]} != {expected[k]}" for k in bad)
         raise FeatinvError(f"diffusion base {base.spec} does not match run {run} ({detail}); "
                            f"use the base the run was trained on ({expected.get('spec')})")
-
-
-def _loadable(spec: str) -> bool:
-    """A pixel base created in memory has no folder yet; everything else is loaded by its spec."""
-    prefix, _, rest = spec.partition(":")
-    return prefix != "pixel" or (Path(rest) / PIXEL_MARKER).is_file()
 
 
 class FeatInv:
@@ -173,7 +167,7 @@ class FeatInv:
 
     def save_pretrained(self, run_dir: str | os.PathLike[str]) -> Path:
         """Write ``controlnet/`` (atomically, as a whole) and then ``config.json``."""
-        if not _loadable(self.base.spec):
+        if not self.base.reloadable:
             raise FeatinvError(f"the diffusion base {self.base.spec} was never saved, so the run could not be loaded "
                                "again; save it first with base.save_pretrained(DIR)")
         run_dir = ensure_output_dir(run_dir)

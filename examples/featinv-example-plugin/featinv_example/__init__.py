@@ -1,46 +1,5 @@
-"""An example featinv plugin: the hooks featinv calls, each registering one working thing."""
+"""An example featinv plugin package: one module per plugin kind, each with its own ``@hookimpl``.
 
-from __future__ import annotations
-
-from pathlib import Path
-from typing import Annotated
-
-import typer
-
-from featinv import hookimpl
-from featinv_example.pca import PCADecomposer
-
-
-@hookimpl
-def register_decomposers(register):
-    """Add the ``pca`` decomposer next to featinv's mcd / nmf / sae."""
-    register("pca", PCADecomposer, description="principal directions as one-dimensional concepts (example plugin)")
-
-
-@hookimpl
-def register_commands(app: typer.Typer) -> None:
-    """Add ``featinv pca-variance``."""
-
-    @app.command("pca-variance")
-    def pca_variance(
-        concepts: Annotated[Path, typer.Option("--concepts", help="A concepts folder fitted with --method pca.")],
-    ) -> None:
-        """Print the share of feature energy each PCA concept explains.
-
-        Example: featinv pca-variance --concepts concepts-pca
-        """
-        from rich.table import Table
-
-        from featinv.concepts.base import load_decomposer
-        from featinv.console import console
-        from featinv.errors import FeatinvError
-
-        decomposer = load_decomposer(concepts)
-        if not isinstance(decomposer, PCADecomposer):
-            raise FeatinvError(f"{concepts} holds {decomposer.name} concepts, not pca; fit with --method pca")
-        table = Table(title=f"PCA concepts in {concepts}")
-        table.add_column("concept", justify="right")
-        table.add_column("energy explained", justify="right")
-        for index, share in enumerate(decomposer.energy.tolist()):
-            table.add_row(str(index), f"{share:.1%}")
-        console.print(table)
+``pyproject.toml`` declares one entry point per module in the group ``featinv``; featinv loads them all
+and enables or disables the package as a whole.
+"""

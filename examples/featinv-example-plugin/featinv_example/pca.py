@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 
 from featinv.concepts.base import Decomposer
+from featinv.errors import FeatinvError
+from featinv.hookspecs import Register, hookimpl
 
 
 class PCADecomposer(Decomposer):
@@ -27,8 +29,6 @@ class PCADecomposer(Decomposer):
 
     def _fit(self, x: Tensor) -> None:
         if self.n_concepts > x.shape[1]:
-            from featinv.errors import FeatinvError
-
             raise FeatinvError(f"pca cannot find {self.n_concepts} directions in {x.shape[1]} channels; lower --n-concepts")
         _, singular, vh = torch.linalg.svd(x, full_matrices=False)
         self.components = vh[: self.n_concepts].clone()  # [K, C], orthonormal rows
@@ -44,3 +44,8 @@ class PCADecomposer(Decomposer):
     def _load_state(self, tensors: dict[str, Tensor]) -> None:
         self.components = tensors["components"].double()
         self.energy = tensors["energy"].double()
+
+
+@hookimpl
+def register_decomposers(register: Register) -> None:
+    register("pca", PCADecomposer, description="principal directions as one-dimensional concepts (example plugin)")

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from featinv.concepts.base import Decomposer
 from featinv.errors import FeatinvError
+from featinv.hookspecs import Register, hookimpl
 
 CLUSTERINGS = ("ssc", "kmeans")
 
@@ -287,3 +288,8 @@ class MCDDecomposer(Decomposer):
             raise ValueError(f"{len(dims)} subspaces with dims {dims} for {tensors['bases'].shape[0]} basis rows")
         self._set_bases(list(tensors["bases"].split(dims)))
         self._fractions = [float(v) for v in tensors["cluster_fractions"]]
+
+
+@hookimpl
+def register_decomposers(register: Register) -> None:
+    register("mcd", MCDDecomposer, description="multi-dimensional concept discovery: concepts as linear subspaces (SSC or k-means)")

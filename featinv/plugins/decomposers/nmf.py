@@ -20,6 +20,7 @@ from torch import Tensor
 
 from featinv.concepts.base import Decomposer, solver_threads
 from featinv.errors import FeatinvError
+from featinv.hookspecs import Register, hookimpl
 
 
 def nonnegative_codes(x: Tensor, atoms: Tensor, max_iter: int = 500, tol: float = 1e-7) -> Tensor:
@@ -132,3 +133,8 @@ class NMFDecomposer(Decomposer):
             raise ValueError(f"{atoms.shape[0]} atoms for n_concepts={self.n_concepts}")
         self.atoms = atoms
         self.nonnegative = bool(tensors["nonnegative"].item())
+
+
+@hookimpl
+def register_decomposers(register: Register) -> None:
+    register("nmf", NMFDecomposer, description="NMF atoms (semi-NMF for features with negative values)")

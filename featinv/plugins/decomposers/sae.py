@@ -24,6 +24,7 @@ from torch import Tensor
 
 from featinv.concepts.base import Decomposer
 from featinv.errors import FeatinvError
+from featinv.hookspecs import Register, hookimpl
 
 
 def topk_codes(pre: Tensor, k: int) -> Tensor:
@@ -162,3 +163,8 @@ class TopKSAEDecomposer(Decomposer):
         self.encoder = tensors["encoder"].to(torch.float64)
         self.encoder_bias = tensors["encoder_bias"].to(torch.float64)
         self.scale = float(tensors["scale"].item())
+
+
+@hookimpl
+def register_decomposers(register: Register) -> None:
+    register("sae", TopKSAEDecomposer, description="TopK sparse autoencoder: concepts as dictionary atoms")

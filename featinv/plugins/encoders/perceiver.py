@@ -1,4 +1,5 @@
-"""Built-in feature encoders: ``conv`` (the paper's) and ``perceiver`` (the ablation alternative)."""
+"""The ``perceiver`` feature encoder (the paper's ablation alternative): learned latents cross-attend to the
+feature tokens, so it can mix information across the whole feature map."""
 
 from __future__ import annotations
 
@@ -9,41 +10,9 @@ import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from featinv.diffusion.encoders import FeatureEncoder
+from featinv.diffusion.encoders import FeatureEncoder, check_encoder_sizes
 from featinv.errors import FeatinvError
-
-
-def _check_sizes(in_channels: int, out_channels: int, grid: Sequence[int]) -> None:
-    if in_channels < 1 or out_channels < 1 or len(grid) != 2 or min(grid) < 1:
-        raise FeatinvError(f"encoder sizes must be positive (in_channels={in_channels}, out_channels={out_channels}, "
-                           f"grid={tuple(grid)}); check the backbone layer and diffusion base")
-
-
-class ConvEncoder(FeatureEncoder):
-    """Bilinear upsampling to the latent grid, then conv3×3 → SiLU → conv3×3 → SiLU → zero conv3×3.
-
-    This is the paper's conditional input encoder (hidden width 512 for MiniSD); ``hidden`` is
-    configurable so tests and the CPU demo can use small widths.
-    """
-
-    encoder_name = "conv"
-
-    @register_to_config
-    def __init__(self, in_channels: int, out_channels: int, grid: Sequence[int] = (32, 32), hidden: int = 512) -> None:
-        super().__init__()
-        _check_sizes(in_channels, out_channels, grid)
-        self.conv1 = nn.Conv2d(in_channels, hidden, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
-        self.conv_out = nn.Conv2d(hidden, out_channels, kernel_size=3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)  # zero-init: training starts from the frozen base
-        nn.init.zeros_(self.conv_out.bias)
-        self.act = nn.SiLU()
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.as_grid(features).to(self.conv1.weight.dtype)
-        x = self.act(self.conv1(x))
-        x = self.act(self.conv2(x))
-        return self.conv_out(x)
+from featinv.hookspecs import Register, hookimpl
 
 
 def fourier_positions(height: int, width: int, bands: int, device: torch.device) -> torch.Tensor:
@@ -86,7 +55,7 @@ class PerceiverEncoder(FeatureEncoder):
     def __init__(self, in_channels: int, out_channels: int, grid: Sequence[int] = (32, 32), dim: int = 256,
                  num_latents: int = 64, heads: int = 4, depth: int = 2, position_bands: int = 8) -> None:
         super().__init__()
-        _check_sizes(in_channels, out_channels, grid)
+        check_encoder_sizes(in_channels, out_channels, grid)
         if dim % heads:
             raise FeatinvError(f"perceiver dim {dim} is not divisible by heads {heads}; pick e.g. dim={heads * 32}")
         self.token_proj = nn.Linear(in_channels, dim)
@@ -116,3 +85,8 @@ class PerceiverEncoder(FeatureEncoder):
         queries = self.query_proj(fourier_positions(height, width, bands, features.device)).expand(batch, -1, -1)
         out = self.proj_out(self.norm_out(self.readout(queries, latents)))  # [B, H*W, C0]
         return out.transpose(1, 2).reshape(batch, -1, height, width)
+
+
+@hookimpl
+def register_encoders(register: Register) -> None:
+    register("perceiver", PerceiverEncoder, description="learned latents cross-attend to feature tokens")

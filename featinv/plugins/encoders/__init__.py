@@ -1,0 +1,1 @@
+"""Built-in encoders plugins, one module per built-in (see featinv.registry.DEFAULT_PLUGINS)."""
