@@ -149,7 +149,7 @@ class GuidanceTarget:
         seen = backbone_view(self.backbone, images01, self.pooled)
         target = _as_target(self.features[rows], self.pooled).to(seen.device, seen.dtype)
         cos = F.cosine_similarity(seen, target, dim=1, eps=1e-8)
-        return (1.0 - cos).flatten(1).mean(dim=1)
+        return (1.0 - cos).reshape(cos.shape[0], -1).mean(dim=1)  # pooled runs: one position
 
 
 def guide_latents(guidance: FeatureGuidance, target: GuidanceTarget, scheduler: Any, latents: torch.Tensor,
