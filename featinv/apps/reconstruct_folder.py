@@ -56,16 +56,19 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
                        out: str | os.PathLike[str], seeds: Sequence[int] = (0,), guidance_scale: float | None = None,
                        steps: int = 50, scheduler: str = "ddim", batch_size: int = 8, device: str = "cpu",
                        resize: bool = False, overwrite: bool = False, progress: bool = True,
-                       bf16: bool = False) -> ReconstructSummary:
+                       bf16: bool = False, feature_guidance: Any = 0.0) -> ReconstructSummary:
     """Reconstruct every image (files or folders) once per seed into ``out``.
 
     run: a run folder or a loaded :class:`~featinv.diffusion.model.FeatInv`. ``resize`` writes the
     images at the backbone's input size instead of the base resolution; ``bf16`` autocasts the
-    denoiser on CUDA.
+    denoiser on CUDA; ``feature_guidance`` (a strength or a ``FeatureGuidance``) steers sampling toward the
+    features. Each output's ``fidelity`` (cosine to its target map) is recorded in the index.
     """
     from featinv.data import to_pil, try_open_image
+    from featinv.diffusion.guidance import FeatureGuidance
     from featinv.diffusion.model import FeatInv, load_model
 
+    steering = FeatureGuidance.of(feature_guidance)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise FeatinvError("no seeds given; pass e.g. --seeds 0,1,2")
@@ -82,6 +85,9 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     size = list(model.backbone.info.input_size) if resize else [model.base.resolution] * 2
     run_name = str(Path(run).resolve()) if not isinstance(run, FeatInv) else repr(model)
     settings = {"run": run_name, "guidance_scale": guidance, "steps": steps, "scheduler": scheduler, "size": size}
+    # null when off: folders from before feature guidance (no such key) still resume, and a guided folder
+    # rerun without guidance (or the reverse) is refused as a change of settings
+    settings["feature_guidance"] = steering.describe() if steering.active else None
 
     index = ResumableIndex(out_dir / INDEX_NAME, settings, what="reconstruction index", key="file",
                            rows_field="items", versioned=False)
@@ -124,12 +130,13 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
                 feats = model.features([opened[path] for path, _, _ in chunk])
                 rec = model.reconstruct(features=feats, seeds=[seed for _, seed, _ in chunk], guidance_scale=guidance,
                                         steps=steps, scheduler=scheduler, batch_size=batch_size, progress=False,
-                                        bf16=bf16)
+                                        bf16=bf16, feature_guidance=steering)
                 pictures = rec.resized(tuple(size)) if resize else rec.images
-                for (path, seed, target), picture in zip(chunk, pictures, strict=True):
+                for (path, seed, target), picture, score in zip(chunk, pictures, rec.fidelity, strict=True):
                     save_png(to_pil(picture), target)
                     summary.written.append(target)
-                    entries[target.name] = {"file": target.name, "source": str(path), "seed": seed}
+                    entries[target.name] = {"file": target.name, "source": str(path), "seed": seed,
+                                            "fidelity": round(float(score), 6)}
                 save_index()
             if bar:
                 bar.advance(task, len(pending[start:start + batch_size]))

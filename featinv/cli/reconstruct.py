@@ -21,6 +21,15 @@ from featinv.cli.options import (
 )
 from featinv.console import console
 
+# guidance options; to move to cli/options.py once `eval` and the analyses take them too
+FeatureGuidanceStrength = Annotated[float, typer.Option(
+    "--feature-guidance", help="Feature guidance strength S: steer sampling so the backbone sees the target map "
+    "(0 = the paper's sampler; 0.1 recommended, see docs/guidance.md; large values fool the backbone).")]
+GuidanceSchedule = Annotated[str, typer.Option(
+    "--guidance-schedule", help="Steps that feature guidance acts on: all, ramp, first:K or last:K.")]
+GuidanceNormalize = Annotated[str, typer.Option(
+    "--guidance-normalize", help="Feature-guidance gradient normalisation: std (per sample) or none.")]
+
 
 def reconstruct(
     run: RunDir,
@@ -36,6 +45,9 @@ def reconstruct(
                                          "size instead of the diffusion base's resolution.")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast for the denoiser (CUDA only).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist.")] = False,
+    feature_guidance: FeatureGuidanceStrength = 0.0,
+    guidance_schedule: GuidanceSchedule = "all",
+    guidance_normalize: GuidanceNormalize = "std",
     quiet: Quiet = False,
 ) -> None:
     """Reconstruct images from their feature maps with a trained FeatInv run, one PNG per image and seed.
@@ -43,12 +55,16 @@ def reconstruct(
     Finished outputs are skipped, so rerunning an interrupted command resumes it.
 
     Example: featinv reconstruct --run runs/lite0 --images photos/ --seeds 0,1,2 --out recon/
+    Guided: featinv reconstruct --run runs/lite0 --images photos/ --out recon/ --feature-guidance 0.1
     """
     from featinv.apps.reconstruct_folder import reconstruct_images
+    from featinv.diffusion.guidance import FeatureGuidance
 
+    steering = FeatureGuidance(feature_guidance, schedule=guidance_schedule, normalize=guidance_normalize)
     summary = reconstruct_images(run, images, out, seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps,
                                  scheduler=scheduler, batch_size=batch_size, device=device, resize=resize,
-                                 overwrite=overwrite, progress=not quiet, bf16=bf16)
+                                 overwrite=overwrite, progress=not quiet, bf16=bf16,
+                                 feature_guidance=steering)
     console.print(f"wrote {len(summary.written)} images, skipped {len(summary.skipped)} already done "
                   f"-> {summary.index_path}")
     for path in summary.unreadable:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from featinv.diffusion.bases import DiffusionBase, load_base
 from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
 from featinv.diffusion.encoders import build_encoder
+from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, fidelity_scores
 from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, read_json, write_json
@@ -44,6 +45,9 @@ class Reconstruction:
     seeds: list[int]
     features: torch.Tensor         # the conditioning maps used, [N, C, h, w]
     meta: dict[str, Any] = field(default_factory=dict)
+    #: each image's cosine to its conditioning map as the backbone sees it (median over positions; pooled
+    #: runs: of the pooled vectors), ``[N]``; None when not computed
+    fidelity: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -260,17 +264,22 @@ class FeatInv:
     # ---- sampling ------------------------------------------------------------------------------
     def reconstruct(self, features: torch.Tensor | None = None, images: Any = None, seeds: Any = (0,),
                     guidance_scale: float | None = None, steps: int = 50, scheduler: str = "ddim",
-                    batch_size: int = 16, progress: bool = True, bf16: bool = False) -> Reconstruction:
+                    batch_size: int = 16, progress: bool = True, bf16: bool = False,
+                    feature_guidance: FeatureGuidance | float = 0.0, fidelity: bool = True) -> Reconstruction:
         """Sample images whose features should match ``features`` (or those of ``images``).
 
         One seed per sample (or one seed for all); a sample's image depends only on its own features
         and seed, never on the rest of its batch. Images come out at the base resolution; use
-        :meth:`Reconstruction.resized` for the backbone's input size.
+        :meth:`Reconstruction.resized` for the backbone's input size. ``feature_guidance`` (a strength or
+        a :class:`~featinv.diffusion.guidance.FeatureGuidance`) steers sampling toward the target features;
+        0 is the paper's sampler, bit for bit. ``fidelity`` scores each output against its map (one
+        backbone pass) into :attr:`Reconstruction.fidelity`.
         """
         if (features is None) == (images is None):
             raise FeatinvError("pass exactly one of features= or images= to reconstruct")
         if steps < 1 or batch_size < 1:
             raise FeatinvError(f"steps ({steps}) and batch_size ({batch_size}) must be at least 1")
+        steering = FeatureGuidance.of(feature_guidance)
         if features is None:
             features = self.features(images)
         features = self._conditioning(torch.as_tensor(features))
@@ -285,19 +294,27 @@ class FeatInv:
         latent_shape = (self.base.latent_channels, self.base.latent_size, self.base.latent_size)
         chunks = range(0, n, batch_size)
         self.controlnet.eval()
-        outputs = []
-        with torch.inference_mode(), _steps_bar(len(chunks) * steps, progress) as advance:
+        outputs, scores = [], []
+        # guidance differentiates through the loop, which inference-mode tensors forbid
+        grad_mode = torch.no_grad() if steering.active else torch.inference_mode()
+        with grad_mode, _steps_bar(len(chunks) * steps, progress) as advance:
             for start in chunks:
                 feats = features[start:start + batch_size]
                 b = feats.shape[0]
                 cond = self.base.prompt_embeddings(torch.zeros(b, dtype=torch.bool))
                 uncond = self.base.prompt_embeddings(torch.ones(b, dtype=torch.bool))
+                target = GuidanceTarget(self.backbone, feats, self.base.decode, self.pooled) if steering.active else None
                 latents = denoise(self.base.unet, self.controlnet, sampler, feats, cond, uncond,
                                   seeds[start:start + b], latent_shape, steps=steps, guidance_scale=guidance,
-                                  bf16=bf16, on_step=advance)
-                outputs.append(self.base.decode(latents).cpu())
+                                  bf16=bf16, on_step=advance, feature_guidance=steering, target=target)
+                decoded = self.base.decode(latents)
+                if fidelity:
+                    scores.append(fidelity_scores(self.backbone, decoded, feats, self.pooled))
+                outputs.append(decoded.cpu())
         return Reconstruction(images=torch.cat(outputs), seeds=seeds, features=features.cpu(),
-                              meta={"guidance_scale": guidance, "steps": steps, "scheduler": scheduler})
+                              meta={"guidance_scale": guidance, "steps": steps, "scheduler": scheduler,
+                                    "feature_guidance": steering.describe()},
+                              fidelity=torch.cat(scores) if fidelity else None)
 
 
 def load_model(run: FeatInv | str | os.PathLike[str], device: str | torch.device = "cpu") -> FeatInv:

@@ -4,6 +4,9 @@ Reproducibility rule: a sample's result depends only on its own features and see
 CPU ``torch.Generator`` seeded with its seed; it draws the initial noise and any noise a stochastic
 scheduler adds later (diffusers schedulers accept one generator per sample). DDIM with eta 0, DPM-Solver++
 and UniPC add no noise after the start.
+
+Feature guidance (:mod:`featinv.diffusion.guidance`) is one optional line in the loop: at a guided step
+the latents are nudged toward the target features before the step's prediction; off, nothing runs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
+from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, guide_latents
 
 
 def seeded_noise(seeds: Sequence[int], shape: Sequence[int], device: torch.device) -> tuple[torch.Tensor, list[torch.Generator]]:
@@ -47,12 +51,15 @@ def guided_prediction(unet: UNet2DConditionModel, controlnet: FeatInvControlNet 
 def denoise(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, scheduler,
             features: torch.Tensor | None, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor, seeds: Sequence[int],
             latent_shape: Sequence[int], steps: int = 50, guidance_scale: float = 1.75,
-            bf16: bool = False, on_step: Callable[[], None] | None = None) -> torch.Tensor:
+            bf16: bool = False, on_step: Callable[[], None] | None = None,
+            feature_guidance: FeatureGuidance | None = None, target: GuidanceTarget | None = None) -> torch.Tensor:
     """Sample clean latents for a batch of feature maps (or, with no ControlNet, from the base alone).
 
     features: ``[N, C, h, w]`` (None without a ControlNet); cond/uncond_embeds: ``[N, L, D]`` prompt /
     empty-prompt embeddings; seeds: one per sample; latent_shape: ``(C_latent, H, W)``. Returns
     ``[N, *latent_shape]``. The class-prompt baseline and the base's validation samples use this loop too.
+    With active ``feature_guidance`` (and its ``target``), guided steps first move the latents toward the
+    target features; call it outside ``torch.inference_mode`` then (guidance needs gradients).
     """
     device = cond_embeds.device
     scheduler.set_timesteps(steps, device=device)
@@ -60,11 +67,19 @@ def denoise(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, sc
     latents = noise * scheduler.init_noise_sigma
     # stochastic schedulers (DDIM eta>0, DDPM, SDE solvers) draw later noise from the same per-sample generators
     step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(latents, t)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            pred = guided_prediction(unet, controlnet, model_input, t, features, cond_embeds, uncond_embeds,
-                                     guidance_scale)
+    guided = feature_guidance is not None and feature_guidance.active and target is not None
+    for index, t in enumerate(scheduler.timesteps):
+
+        def predict(x: torch.Tensor, rows: slice = slice(None), t: torch.Tensor = t) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+                return guided_prediction(unet, controlnet, scheduler.scale_model_input(x, t), t,
+                                         None if features is None else features[rows], cond_embeds[rows],
+                                         uncond_embeds[rows], guidance_scale)
+
+        weight = feature_guidance.weight(index, len(scheduler.timesteps)) if guided else 0.0
+        if weight > 0.0:
+            latents = guide_latents(feature_guidance, target, scheduler, latents, t, weight, predict)
+        pred = predict(latents)
         latents = scheduler.step(pred.float(), t, latents, **step_kwargs).prev_sample
         if on_step is not None:
             on_step()
