@@ -74,6 +74,7 @@ class TrainingRun:
             self.accelerator.print(*args)
 
     def write_state(self, status: str, step: int, extra: dict[str, Any] | None = None) -> None:
+        """``train_state.json``: running / interrupted / failed / complete, the step and the newest checkpoint."""
         if self.is_main:
             write_json(self.out / STATE_FILE, {"status": status, "step": step, "total_steps": self.total_steps,
                                                "kind": self.task.kind, **(extra or {})})
@@ -108,6 +109,7 @@ class TrainingRun:
         save_grid([reference, generated], self.out / VALIDATION_DIR / f"step-{step:08d}.png")
 
     def log(self, record: dict[str, Any]) -> None:
+        """Append one line to ``metrics.jsonl`` (and the tracker, if any)."""
         if not self.is_main:
             return
         with open(self.out / METRICS_FILE, "a", encoding="utf-8") as handle:  # append-only log; truncated on resume

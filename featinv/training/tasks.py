@@ -62,7 +62,7 @@ def _to_float01(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
-class FeatInvTask:
+class FeatInvTask(Task):
     """Train FeatInv's ControlNet + encoder; backbone and base stay frozen."""
 
     kind = "featinv"
@@ -225,7 +225,7 @@ def _create_model(config: TrainConfig, device: torch.device) -> Any:
         raise
 
 
-class PixelBaseTask:
+class PixelBaseTask(Task):
     """Train a small pixel-space base (UNet + prompt table) from scratch."""
 
     kind = "pixel-base"
