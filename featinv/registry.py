@@ -121,13 +121,9 @@ class Registry:
         return _SINGULAR[self.kind]
 
     def add(self, entry: Entry) -> None:
-        """Add one entry; a name registered twice is an error that names both packages."""
-        existing = self.entries.get(entry.name)
-        if existing is not None:
-            raise FeatinvError(
-                f"{self.singular} name {entry.name!r} is registered twice, by {existing.package!r} and "
-                f"{entry.package!r}; uninstall one of them or disable one with {DISABLE_AUTOLOAD_ENV}=1"
-            )
+        """Add one entry (collisions are refused earlier, per package, by the plugin loader)."""
+        if entry.name in self.entries:
+            raise FeatinvError(f"{self.singular} name {entry.name!r} is registered twice; this is a bug in featinv")
         self.entries[entry.name] = entry
 
     def list(self, filter: str = "*") -> list[str]:  # noqa: A002 - timm's argument name

@@ -41,8 +41,8 @@ def plugins(json_output: JsonOutput = False) -> None:
             table.add_row(kind, entry["name"], entry["package"], entry["description"])
     console.print(table)
     for name, reason in listing["errors"].items():
-        what = "was disabled" if name in listing["disabled"] else "failed to load"
-        console.print(f"[yellow]plugin {escape(name)} {what}:[/] {escape(reason)}", soft_wrap=True)
+        line = reason if name in listing["disabled"] else f"plugin {name} failed to load: {reason}"
+        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
 
 
 def _guarded(callback: Callable[..., Any], package: str) -> Callable[..., Any]:
