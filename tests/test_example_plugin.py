@@ -132,14 +132,13 @@ def test_example_analysis_python(installed_example, tmp_path, images):
     assert len(list((tmp_path / "roundtrip").glob("*.png"))) == 3
 
 
-@pytest.mark.skip(reason="to enable after merge: `featinv viz NAME` runs any registered analysis (other branch)")
 def test_example_analysis_cli(installed_example, tmp_path, images):
     from featinv.diffusion.model import FeatInv
 
     run = FeatInv.create("example-cnn:small", "example-tiny:16", encoder="example-linear",
                          backbone_weights="none").save_pretrained(tmp_path / "run")
-    shown = _featinv(installed_example, "viz", "roundtrip", "--run", str(run), "--images", str(images),
-                     "--out", str(tmp_path / "viz"), "--option", "steps=1", "--quiet")
+    shown = _featinv(installed_example, "viz", "roundtrip", "--run", str(run), "--image", str(images),
+                     "--out", str(tmp_path / "viz"), "--steps", "1", "--quiet")
     assert shown.returncode == 0, shown.stderr
     assert json.loads((tmp_path / "viz" / "summary.json").read_text())["analysis"] == "roundtrip"
 

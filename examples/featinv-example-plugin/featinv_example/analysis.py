@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from featinv.analyses.base import Analysis, as_images, to_uint8
+from featinv.analyses.base import Analysis, as_images
+from featinv.data import to_uint8
 from featinv.hookspecs import Register, hookimpl
 
 
@@ -32,19 +33,19 @@ class RoundTrip(Analysis):
 
     name = "roundtrip"  # must equal the registered name: it is written to every JSON
 
-    def __init__(self, steps: int = 20, seed: int = 0, progress: bool = True) -> None:
-        super().__init__(progress=progress)
-        self.steps, self.seed = int(steps), int(seed)
+    def __init__(self, **common: Any) -> None:
+        super().__init__(**common)  # progress= and the sampling options (seed, steps, ...) -> self.sampling
 
     def settings(self) -> dict[str, Any]:
-        return {"steps": self.steps, "seed": self.seed}
+        return {"steps": self.sampling.steps, "seed": self.sampling.seed}
 
     def compute(self, model: Any, images: Any, **inputs: Any) -> list[RoundTripItem]:
         items = []
         for named in as_images(images):
             with torch.no_grad():
                 original = model.features([named.image]).float()
-            recon = model.reconstruct(features=original, seeds=[self.seed], steps=self.steps, progress=self.progress)
+            recon = model.reconstruct(features=original, seeds=[self.sampling.seed], steps=self.sampling.steps,
+                                      progress=self.progress)
             with torch.no_grad():
                 again = model.features(recon.images.clamp(0, 1)).float()
             cosine = float(F.cosine_similarity(original.flatten(1), again.flatten(1)).item())
