@@ -8,6 +8,10 @@ Any other registered analysis gets the generic command (:func:`run_analysis`): t
 ``--option KEY=VALUE`` for the analysis's own options and ``--input KEY=VALUE`` for extra inputs of its
 ``run``. The ``viz`` group (:class:`AnalysisGroup`) looks those names up in the registry when asked, so
 an analysis registered after the CLI was built (a test's ``featinv.registry.reset``) runs too.
+
+Typer needs every option as a parameter of each command, so the common sampling options repeat in each
+signature (spelled once, as the shared ``Annotated`` aliases of :mod:`featinv.cli.options`); each command
+turns them into one :class:`~featinv.analyses.base.SamplingOptions` with :func:`_sampling`.
 """
 
 from __future__ import annotations
@@ -47,10 +51,12 @@ class AnalysisGroup(TyperGroup):
     """The ``viz`` group: its own commands, plus the generic command for every other registered analysis."""
 
     def list_commands(self, ctx: Any) -> list[str]:
+        """The group's own commands, then every other registered analysis (so `viz --help` lists plugins')."""
         own = super().list_commands(ctx)
         return [*own, *(name for name in _registered_analyses() if name not in self.commands)]
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """An own command, else the generic command when ``cmd_name`` is a registered analysis, else None."""
         command = super().get_command(ctx, cmd_name)
         if command is None and cmd_name in _registered_analyses():
             return generic_command(cmd_name)
