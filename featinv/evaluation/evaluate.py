@@ -191,7 +191,6 @@ def evaluate(
     ``inception``, a weight file, ``backbone``, ``backbone:SPEC`` or ``none``. ``limit`` caps the
     reconstructions made by this call (the rest are left for a later, resuming call).
     """
-    from featinv.evaluation import metrics
     from featinv.progress import progress as progress_bar
 
     seeds = [int(s) for s in seeds] or [0]
@@ -214,15 +213,9 @@ def evaluate(
     settings = {
         "run": os.path.abspath(run) if isinstance(run, (str, os.PathLike)) else None,
         "data": os.path.abspath(data) if isinstance(data, (str, os.PathLike)) else "<in-memory images>",
-        "backbone": backbone.spec,
-        "layer": getattr(backbone, "layer", None),
-        "pooled": bool(getattr(model, "pooled", False)),
-        "guidance_scale": guidance,
-        "steps": int(steps),
-        "scheduler": scheduler,
-        "seeds": seeds,
-        "per_class": per_class,
-        "evaluate_with": list(evaluate_with),
+        "backbone": backbone.spec, "layer": getattr(backbone, "layer", None),
+        "pooled": bool(getattr(model, "pooled", False)), "guidance_scale": guidance, "steps": int(steps),
+        "scheduler": scheduler, "seeds": seeds, "per_class": per_class, "evaluate_with": list(evaluate_with),
     }
     jobs = [(src, seed) for src in sources for seed in seeds]
 
@@ -245,9 +238,8 @@ def evaluate(
     my_rows = {k: v for k, v in done.items() if k in {f"{s.name}#s{seed}" for s, seed in mine}}
     kept: dict[str, Image.Image] = {}
 
-    batches = list(chunks(pending, batch_size))
     unreadable: dict[str, str] = {}  # corrupt / truncated sources: skipped and counted, like train and concepts
-    for batch in progress_bar(batches, description="reconstructing", enabled=progress):
+    for batch in progress_bar(list(chunks(pending, batch_size)), description="reconstructing", enabled=progress):
         pils, readable = [], []
         for src, seed in batch:
             try:
@@ -255,20 +247,12 @@ def evaluate(
                 readable.append((src, seed))
             except FeatinvError as exc:
                 unreadable[src.name] = str(exc)
-        if not readable:
-            continue
-        rows = _reconstruct_batch(model, pils, readable, guidance, steps, scheduler, batch_size, extra)
-        for (src, seed), (row, img) in zip(readable, rows, strict=True):
-            key = f"{src.name}#s{seed}"
-            row.update({"key": key, "source": src.name, "class": src.label, "seed": seed})
-            if out_dir is not None:
-                row["file"] = f"images/{_safe_name(src.name, seed)}"
-                save_png(img, out_dir / row["file"])
-            if keep:
-                kept[key] = img
-            my_rows[key] = row
-        if index is not None:
-            index.save(my_rows.values())
+        if readable:
+            rows = _reconstruct_batch(model, pils, readable, guidance, steps, scheduler, batch_size, extra)
+            for (src, seed), (row, img) in zip(readable, rows, strict=True):
+                my_rows[row["key"]] = _record(row, src, seed, img, out_dir, kept if keep else None)
+            if index is not None:
+                index.save(my_rows.values())
     if unreadable and not my_rows:
         raise FeatinvError(f"none of the {len(unreadable)} images could be read ({next(iter(unreadable.values()))}); "
                            "pass a folder of readable images")
@@ -289,18 +273,10 @@ def evaluate(
     if unreadable:
         summary["skipped_unreadable"] = sorted(unreadable)
     if space is not None and len(rows) >= 2:
-        resolution = int(getattr(model.base, "resolution", 256))
-        by_name = {s.name: s for s in sources}
-        done_sources = list(dict.fromkeys(r["source"] for r in rows))
-        fa = _embed(space, (by_name[n].image() for n in done_sources), resolution)
-        if images is not None:
-            fb = _embed(space, iter(images), resolution)
-        else:
-            fb = _embed(space, (Image.open(out_dir / r["file"]).convert("RGB") for r in rows), resolution)  # type: ignore[operator]
-        summary["fid"] = {"label": space.fid_label, "value": _finite(metrics.frechet_distance(fa, fb)),
-                          "space": space.name, "n_real": len(fa), "n_generated": len(fb)}
-        kid_mean, kid_std = metrics.kernel_distance(fa, fb, subset_size=kid_subset_size, n_subsets=100)
-        summary["kid"] = {"label": space.kid_label, "mean": kid_mean, "std": kid_std, "space": space.name}
+        generated = iter(images) if images is not None else (
+            Image.open(out_dir / r["file"]).convert("RGB") for r in rows)  # type: ignore[operator]
+        summary.update(_distribution_scores(space, sources, rows, generated, int(getattr(model.base, "resolution", 256)),
+                                            kid_subset_size))
     elif space is not None:
         summary["fid_note"] = "FID/KID need at least 2 reconstructions"
 
@@ -308,6 +284,34 @@ def evaluate(
     if out_dir is not None:
         _write_outputs(out_dir, result)
     return result
+
+
+def _record(row: dict[str, Any], src: SourceImage, seed: int, img: Image.Image, out_dir: Path | None,
+            kept: dict[str, Image.Image] | None) -> dict[str, Any]:
+    """Name one scored reconstruction and store it: a PNG in ``out_dir`` and/or the in-memory ``kept``."""
+    key = f"{src.name}#s{seed}"
+    row.update({"key": key, "source": src.name, "class": src.label, "seed": seed})
+    if out_dir is not None:
+        row["file"] = f"images/{_safe_name(src.name, seed)}"
+        save_png(img, out_dir / row["file"])
+    if kept is not None:
+        kept[key] = img
+    return row
+
+
+def _distribution_scores(space: Any, sources: Sequence[SourceImage], rows: list[dict[str, Any]],
+                         generated: Iterable[Image.Image], resolution: int, kid_subset_size: int) -> dict[str, Any]:
+    """FID and KID between the originals of ``rows`` and the reconstructions, in ``space``."""
+    from featinv.evaluation import metrics
+
+    by_name = {s.name: s for s in sources}
+    done_sources = list(dict.fromkeys(r["source"] for r in rows))
+    fa = _embed(space, (by_name[n].image() for n in done_sources), resolution)
+    fb = _embed(space, generated, resolution)
+    fid = {"label": space.fid_label, "value": _finite(metrics.frechet_distance(fa, fb)), "space": space.name,
+           "n_real": len(fa), "n_generated": len(fb)}
+    kid_mean, kid_std = metrics.kernel_distance(fa, fb, subset_size=kid_subset_size, n_subsets=100)
+    return {"fid": fid, "kid": {"label": space.kid_label, "mean": kid_mean, "std": kid_std, "space": space.name}}
 
 
 def _reconstruct_batch(
