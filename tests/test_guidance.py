@@ -82,6 +82,14 @@ def test_guidance_raises_the_backbones_agreement(base, pixel_model, sd_model, fe
     torch.testing.assert_close(guided.fidelity, cosine_median(feats.cpu(), seen.cpu()), atol=1e-5, rtol=0)
 
 
+def test_guidance_works_inside_a_callers_inference_mode(pixel_model, feats):
+    expected = pixel_model.reconstruct(features=feats[:1], steps=2, progress=False, feature_guidance=0.3)
+    with torch.inference_mode():
+        maps = feats[:1].clone()  # an inference tensor
+        got = pixel_model.reconstruct(features=maps, steps=2, progress=False, feature_guidance=0.3)
+    assert torch.equal(got.images, expected.images)
+
+
 @pytest.mark.parametrize("scheduler", ["dpm++", "unipc"])
 def test_every_scheduler_can_be_guided(pixel_model, feats, scheduler):
     plain = pixel_model.reconstruct(features=feats[:1], steps=2, scheduler=scheduler, progress=False)

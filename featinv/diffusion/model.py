@@ -295,11 +295,10 @@ class FeatInv:
         chunks = range(0, n, batch_size)
         self.controlnet.eval()
         outputs, scores = [], []
-        # guidance differentiates through the loop, which inference-mode tensors forbid
-        grad_mode = torch.no_grad() if steering.active else torch.inference_mode()
-        with grad_mode, _steps_bar(len(chunks) * steps, progress) as advance:
+        with _sampling_mode(steering.active), _steps_bar(len(chunks) * steps, progress) as advance:
             for start in chunks:
-                feats = features[start:start + batch_size]
+                # a clone is an ordinary tensor even if the caller's maps were made in inference mode
+                feats = features[start:start + batch_size].clone() if steering.active else features[start:start + batch_size]
                 b = feats.shape[0]
                 cond = self.base.prompt_embeddings(torch.zeros(b, dtype=torch.bool))
                 uncond = self.base.prompt_embeddings(torch.ones(b, dtype=torch.bool))
@@ -325,6 +324,18 @@ def load_model(run: FeatInv | str | os.PathLike[str], device: str | torch.device
         raise FeatinvError(f"expected a FeatInv model or a run folder, got {type(run).__name__}; pass a run folder "
                            "written by `featinv train` (--run DIR) or featinv.FeatInv.from_pretrained(run_dir)")
     return run
+
+
+@contextlib.contextmanager
+def _sampling_mode(guided: bool) -> Iterator[None]:
+    """inference_mode for the paper's sampler; guidance differentiates through the loop, which inference
+    mode forbids (even a caller's), so it samples under plain no_grad and enables gradients where needed."""
+    if not guided:
+        with torch.inference_mode():
+            yield
+        return
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from diffusers import UNet2DConditionModel
 
 from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
 from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, guide_latents
+from featinv.errors import FeatinvError
 
 
 def seeded_noise(seeds: Sequence[int], shape: Sequence[int], device: torch.device) -> tuple[torch.Tensor, list[torch.Generator]]:
@@ -67,7 +68,10 @@ def denoise(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, sc
     latents = noise * scheduler.init_noise_sigma
     # stochastic schedulers (DDIM eta>0, DDPM, SDE solvers) draw later noise from the same per-sample generators
     step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    guided = feature_guidance is not None and feature_guidance.active and target is not None
+    guided = feature_guidance is not None and feature_guidance.active
+    if guided and target is None:
+        raise FeatinvError("feature guidance needs a GuidanceTarget (the backbone and the maps to match); "
+                           "pass target= or use FeatInv.reconstruct(feature_guidance=...)")
     for index, t in enumerate(scheduler.timesteps):
 
         def predict(x: torch.Tensor, rows: slice = slice(None), t: torch.Tensor = t) -> torch.Tensor:
