@@ -5,20 +5,24 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import hashlib
+import inspect
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ParamSpec, TypeVar
 
 from featinv.errors import FeatinvError
 
 CHECKSUM_KEY = "featinv_checksum"
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _default_mode(directory: bool = False) -> int:
@@ -207,21 +211,45 @@ def clean_temp_leftovers(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 LOCK_FILE = ".featinv.lock"
+_HELD: set[Path] = set()  # folders this process holds: a nested call on the same folder needs no second lock
+
+
+def _process_rank() -> tuple[int, int]:
+    """(rank, world size) of a process started by ``torchrun`` / ``accelerate launch`` (0, 1 otherwise)."""
+    def number(name: str, default: int) -> int:
+        value = os.environ.get(name, "")
+        return int(value) if value.isdigit() else default
+
+    return number("RANK", 0), number("WORLD_SIZE", 1)
+
+
+def running_command() -> str:
+    """The command line of this process, as a second writer is told it."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "a Python process"
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
+def output_lock(folder: str | os.PathLike[str], command: str | None = None) -> Iterator[Path]:
     """Hold an exclusive lock on an output folder while a command writes into it.
 
     A second writer gets one line naming the command that holds it. The lock is an OS file lock
-    (``filelock``), so a lock left by a killed process is free again at once and simply taken over.
-    On entry, temp leftovers of earlier killed writes are cleaned (see :func:`clean_temp_leftovers`).
+    (``filelock``), so a lock left by a killed process is free again at once and simply taken over. The
+    processes of one multi-process run (``torchrun``/``accelerate launch``) each hold their rank's lock,
+    so a second run is refused by every rank. On entry of a single-process run, temp leftovers of earlier
+    killed writes are cleaned (see :func:`clean_temp_leftovers`). Re-entering a folder this process
+    already holds is a no-op.
     """
     from filelock import FileLock, Timeout
 
     folder = ensure_output_dir(folder)
-    lock = FileLock(str(folder / LOCK_FILE))
-    holder_file = folder / (LOCK_FILE + ".json")
+    key = folder.resolve()
+    if key in _HELD:
+        yield folder
+        return
+    rank, world = _process_rank()
+    name = LOCK_FILE if world == 1 else f"{LOCK_FILE}.rank{rank}"
+    lock = FileLock(str(folder / name))
+    holder_file = folder / (name + ".json")
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -232,13 +260,39 @@ def output_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
         who = f"`{holder.get('command', 'another featinv command')}` (pid {holder.get('pid', '?')})"
         raise FeatinvError(f"output folder {folder} is in use by {who}; wait for it to finish or choose another "
                            "output folder") from None
+    _HELD.add(key)
     try:
-        write_json(holder_file, {"command": command, "pid": os.getpid()})
-        clean_temp_leftovers(folder)
+        write_json(holder_file, {"command": command or running_command(), "pid": os.getpid()})
+        if world == 1:
+            clean_temp_leftovers(folder)
         yield folder
     finally:
+        _HELD.discard(key)
         holder_file.unlink(missing_ok=True)
         lock.release()
+
+
+def locks_output(parameter: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate an API call that writes into the folder given by ``parameter`` (``"out"``, or a dotted
+    ``"config.out"``): the call holds :func:`output_lock` on it (nothing is locked when it is None)."""
+    name, _, attribute = parameter.partition(".")
+
+    def decorate(func: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = signature.bind_partial(*args, **kwargs)
+            value = bound.arguments.get(name, signature.parameters[name].default)
+            folder = getattr(value, attribute, None) if attribute else value
+            if folder is None or folder is inspect.Parameter.empty:
+                return func(*args, **kwargs)
+            with output_lock(folder):
+                return func(*args, **kwargs)
+
+        return locked
+
+    return decorate
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

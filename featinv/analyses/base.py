@@ -25,6 +25,7 @@ from torch import Tensor
 
 from featinv.analyses.shift import FeatureShiftWarning
 from featinv.errors import FeatinvError
+from featinv.io import locks_output
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -342,6 +343,7 @@ class Analysis(ABC):
     def figure(self, item: Any) -> Figure:
         """The figure of one item."""
 
+    @locks_output("out_dir")
     def run(self, model: Any, images: Any, out_dir: str | os.PathLike[str] | None = None,
             device: str | torch.device = "cpu", **inputs: Any) -> AnalysisResult:
         """Compute, then write ``<image>.png`` + ``<image>.json`` per image and ``summary.json`` to ``out_dir``.

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from featinv.errors import FeatinvError
-from featinv.io import ensure_output_dir, read_json, write_json
+from featinv.io import ensure_output_dir, locks_output, read_json, write_json
 
 BACKBONE = "timm:tf_efficientnet_lite0"
 LAYER = "blocks.4"
@@ -229,6 +229,7 @@ def _holds(finding: bool) -> str:
     return "it holds here." if finding else "it does NOT hold in this run; see metrics.json."
 
 
+@locks_output("out")
 def run_demo(out: str | os.PathLike[str] = "featinv-demo", quick: bool = False, seed: int = 0,
              quiet: bool = False, say: Callable[[str], None] | None = None) -> DemoResult:
     """Run every stage of the demo into ``out`` and return the report path and the metrics.

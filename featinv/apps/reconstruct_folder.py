@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from featinv.errors import FeatinvError
-from featinv.io import ensure_output_dir
+from featinv.io import ensure_output_dir, locks_output
 from featinv.outputs import ResumableIndex, save_png
 
 INDEX_NAME = "index.json"
@@ -52,6 +52,7 @@ def _output_names(inputs: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, 
     return items
 
 
+@locks_output("out")
 def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                        out: str | os.PathLike[str], seeds: Sequence[int] = (0,), guidance_scale: float | None = None,
                        steps: int = 50, scheduler: str = "ddim", batch_size: int = 8, device: str = "cpu",

@@ -14,6 +14,8 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from featinv.io import LOCK_FILE
+
 #: command-line options whose value is a path the command writes to
 OUTPUT_OPTIONS = ("--out", "-o")
 
@@ -40,11 +42,11 @@ def _missing_ancestors(path: Path) -> list[Path]:
 
 
 def _holds_no_file(path: Path) -> bool:
-    """Whether ``path`` is a folder tree with only (hidden temp files or) empty folders in it."""
+    """Whether ``path`` is a folder tree with only empty folders, hidden temp files or featinv's lock file in it."""
     if not path.is_dir() or path.is_symlink():
         return False
     for _root, _dirs, files in os.walk(path):
-        if any(not (name.startswith(".") and ".tmp" in name) for name in files):
+        if any(not (name.startswith(".") and (".tmp" in name or name.startswith(LOCK_FILE))) for name in files):
             return False
     return True
 

@@ -17,7 +17,7 @@ from featinv.errors import FeatinvError
 from featinv.evaluation.evaluate import load_backbones, square
 from featinv.evaluation.sources import chunks
 from featinv.evaluation.tables import baseline_markdown
-from featinv.io import ensure_output_dir, write_json, write_text
+from featinv.io import ensure_output_dir, locks_output, write_json, write_text
 from featinv.outputs import ResumableIndex, save_png
 
 __all__ = ["BaselineResult", "class_baseline", "encode_prompts"]
@@ -47,6 +47,7 @@ def encode_prompts(base_spec: str, prompts: Sequence[str], device: str = "cpu") 
     return base.encode_prompts(prompts)
 
 
+@locks_output("out")
 def class_baseline(
     base: str,
     backbones: Sequence[str],

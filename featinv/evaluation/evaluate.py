@@ -27,7 +27,7 @@ from PIL import Image
 from featinv.errors import FeatinvError
 from featinv.evaluation.sources import DataArg, SourceImage, chunks, collect_sources, process_group, shard
 from featinv.evaluation.tables import cross_markdown, summary_markdown
-from featinv.io import ensure_output_dir, read_json, write_json, write_text
+from featinv.io import ensure_output_dir, locks_output, read_json, write_json, write_text
 from featinv.outputs import ResumableIndex, save_png
 
 __all__ = ["EvalResult", "evaluate", "load_backbones"]
@@ -161,6 +161,7 @@ def _model_label(model: Any, run: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+@locks_output("out")
 def evaluate(
     run: Any,
     data: DataArg,

@@ -12,7 +12,7 @@ from typing import Any
 from featinv.errors import FeatinvError
 from featinv.evaluation.evaluate import EvalResult, evaluate
 from featinv.evaluation.sources import DataArg
-from featinv.io import ensure_output_dir, save_figure, write_json
+from featinv.io import ensure_output_dir, locks_output, save_figure, write_json
 
 __all__ = ["SweepResult", "sweep"]
 
@@ -28,6 +28,7 @@ class SweepResult:
 
 
 
+@locks_output("out")
 def sweep(
     run: Any,
     data: DataArg,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from featinv.errors import FeatinvError
-from featinv.io import ensure_output_dir, read_json, write_json
+from featinv.io import ensure_output_dir, locks_output, read_json, write_json
 from featinv.training.checkpoint import latest_checkpoint, load_checkpoint, load_parameter_state, restore_rng
 from featinv.training.config import BaseTrainConfig, LoopConfig, TrainConfig
 from featinv.training.data import Schedule, ShardedBatches, TensorSamples, mix_seed
@@ -78,6 +78,7 @@ def training_status(out: str | os.PathLike[str]) -> dict[str, Any]:
     return read_json(Path(out) / STATE_FILE, what="training state")
 
 
+@locks_output("config.out")
 def run_training(config: LoopConfig, make_task: Callable[[Any], Task], on_step: StepCallback | None = None) -> Path:
     """The shared loop. ``make_task(accelerator)`` builds the model + data once devices are known."""
     run, existing = _set_up(config, make_task)
