@@ -25,7 +25,7 @@ from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, fidelity
 from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, read_json, write_json
-from featinv.validation import check_finite, check_guidance, check_seeds
+from featinv.validation import check_count, check_finite, check_guidance, check_seeds, check_steps
 
 CONFIG_NAME = "config.json"
 #: optional per-position norms of the training feature maps, read with the run (out-of-distribution checks)
@@ -277,8 +277,8 @@ class FeatInv:
         """
         if (features is None) == (images is None):
             raise FeatinvError("pass exactly one of features= or images= to reconstruct")
-        if steps < 1 or batch_size < 1:
-            raise FeatinvError(f"steps ({steps}) and batch_size ({batch_size}) must be at least 1")
+        check_steps(steps, limit=self.base.num_train_timesteps)
+        check_count(batch_size, "batch size")
         steering = FeatureGuidance.of(feature_guidance)
         if features is None:
             features = self.features(images)
