@@ -58,9 +58,10 @@ def test_a_second_writer_is_refused_with_one_line_then_the_lock_is_taken_over(co
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-    taken_over = _featinv(*args)  # the killed holder's lock is free again at once
-    assert taken_over.returncode == 0, taken_over.stderr
-    assert not (out / (LOCK_FILE + ".json")).exists()
+    if command == "reconstruct":  # the lock mechanism is one for all commands: one takeover run shows it
+        taken_over = _featinv(*args)  # the killed holder's lock is free again at once
+        assert taken_over.returncode == 0, taken_over.stderr
+        assert not (out / (LOCK_FILE + ".json")).exists() and list(out.glob("*.png"))
 
 
 def test_nested_calls_on_one_folder_share_the_lock(tmp_path):
