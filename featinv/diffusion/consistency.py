@@ -57,6 +57,7 @@ class FeatureConsistency:
 
     @property
     def active(self) -> bool:
+        """Whether the term is computed at all (weight 0: the paper's loss, nothing drawn or run)."""
         return self.weight > 0.0
 
     def check_timesteps(self, num_train_timesteps: int) -> None:
