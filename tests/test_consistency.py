@@ -97,6 +97,17 @@ def test_no_selected_sample_adds_nothing(tmp_path):
     assert torch.equal(got, paper)
 
 
+def _interrupted_after(config, steps: int):
+    """Train until ``steps`` optimizer steps are done, then stop as Ctrl-C would; returns the run folder."""
+    def stop(step, _loss):
+        if step == steps:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, on_step=stop)
+    return config.out
+
+
 def test_positive_weight_changes_the_loss_and_resumes_exactly(assets, tmp_path):
     kw = {"max_steps": 4, "lr": 1e-3, "checkpoint_every": 100, "seed": 3, "consistency_weight": 2.0,
           "consistency_max_t": 1000, "consistency_fraction": 0.75}
@@ -106,13 +117,7 @@ def test_positive_weight_changes_the_loss_and_resumes_exactly(assets, tmp_path):
           on_step=lambda s, v: losses["off"].append(v))
     assert losses["on"][0] != losses["off"][0]
 
-    def stop_at_two(step, loss):
-        if step == 2:
-            raise KeyboardInterrupt
-
-    part = tmp_path / "part"
-    with pytest.raises(KeyboardInterrupt):
-        train(featinv_config(assets, part, **kw), on_step=stop_at_two)
+    part = _interrupted_after(featinv_config(assets, tmp_path / "part", **kw), steps=2)
     with pytest.raises(FeatinvError, match=r"settings changed \(consistency_weight\)"):
         train(featinv_config(assets, part, **{**kw, "consistency_weight": 1.0}, resume=True))
     train(featinv_config(assets, part, **kw, resume=True))
