@@ -44,6 +44,15 @@ TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Also log to Te
 EncoderOptions = Annotated[list[str] | None, typer.Option(
     "--encoder-option", help="Feature encoder option KEY=VALUE (repeatable), e.g. hidden=256 for conv; "
     "the options are the encoder class's __init__ arguments.")]
+ConsistencyWeight = Annotated[float, typer.Option(
+    "--consistency-weight", help="Add W·(1 − cosine) between the backbone's view of the one-step clean estimate "
+    "and the conditioning map to the loss (ControlNet++-style feature consistency; 0: the paper's loss).")]
+ConsistencyMaxT = Annotated[int | None, typer.Option(
+    "--consistency-max-t", help="Apply the consistency term only at timesteps below T (of the base's 1000; "
+    "default 400): at high noise the one-step estimate is too blurry to judge.")]
+ConsistencyFraction = Annotated[float, typer.Option(
+    "--consistency-fraction", help="Part of each batch (drawn at random, in (0, 1]) the consistency term is "
+    "computed on; lower is cheaper.")]
 TrainDevice = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: what accelerate picks).")]
 
 
@@ -87,6 +96,9 @@ def train(
     features_from: Annotated[str, typer.Option("--features-from", help="What the backbone sees: crop (the crop at "
                                                "its input size, the paper) or target (the base-resolution image "
                                                "resized up, as it sees reconstructions; for small bases).")] = "crop",
+    consistency_weight: ConsistencyWeight = 0.0,
+    consistency_max_t: ConsistencyMaxT = None,
+    consistency_fraction: ConsistencyFraction = 1.0,
     mixed_precision: MixedPrecision = "no",
     gradient_checkpointing: GradCkpt = False,
     num_workers: Workers = 2,
@@ -117,7 +129,9 @@ def train(
     config = TrainConfig(**loop_kwargs(values), backbone=backbone, base=base, layer=layer, pooled=pooled,
                          encoder=encoder, encoder_kwargs=encoder_kwargs, backbone_weights=weights, input_size=input_size,
                          cache_features=cache_features, cache_views=cache_views,
-                         hflip=not no_flips, vflip=not no_flips, features_from=features_from)
+                         hflip=not no_flips, vflip=not no_flips, features_from=features_from,
+                         consistency_weight=consistency_weight, consistency_fraction=consistency_fraction,
+                         **({"consistency_max_t": consistency_max_t} if consistency_max_t is not None else {}))
     path = run(config)
     console.print(f"FeatInv run written to [bold]{path}[/] (load with FeatInv.from_pretrained or --run {path})")
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from featinv.diffusion.bases import DiffusionBase, load_base
+from featinv.diffusion.consistency import FeatureConsistency
 from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
 from featinv.diffusion.encoders import build_encoder
 from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, fidelity_scores
@@ -242,11 +243,13 @@ class FeatInv:
 
     # ---- training ------------------------------------------------------------------------------
     def training_loss(self, features: torch.Tensor, images01: torch.Tensor, drop: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None,
+                      consistency: FeatureConsistency | None = None) -> torch.Tensor:
         """Noise-prediction (or v) MSE of the ControlNet-steered UNet.
 
         ``drop[i]`` zeroes sample i's feature map and empties its prompt (the paper drops 15%), which
-        teaches the unconditional branch used by classifier-free guidance.
+        teaches the unconditional branch used by classifier-free guidance. An active ``consistency`` adds
+        the feature-consistency term (:mod:`featinv.diffusion.consistency`); without it the loss is the paper's.
         """
         base = self.base
         drop = torch.as_tensor(drop, dtype=torch.bool, device=self.device).reshape(-1)
@@ -259,7 +262,11 @@ class FeatInv:
         noisy = scheduler.add_noise(latents, noise, t)
         pred = controlled_unet(base.unet, self.controlnet, noisy, t, base.prompt_embeddings(drop), features)
         target = noise if base.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
-        return F.mse_loss(pred.float(), target.float())
+        loss = F.mse_loss(pred.float(), target.float())
+        if consistency is None or not consistency.active:
+            return loss
+        seen = GuidanceTarget(self.backbone, features, base.decode, self.pooled)
+        return loss + consistency.loss(seen, scheduler, noisy, pred, t, drop, generator)
 
     # ---- sampling ------------------------------------------------------------------------------
     def reconstruct(self, features: torch.Tensor | None = None, images: Any = None, seeds: Any = (0,),

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from featinv.diffusion.consistency import DEFAULT_MAX_T, FeatureConsistency
 from featinv.errors import FeatinvError
 from featinv.training.data import CROP_SCALE
 
@@ -123,12 +124,23 @@ class TrainConfig(LoopConfig):
     # backbone input, i.e. exactly what the backbone will see of a reconstruction (use when the base
     # resolution is far below the backbone's, e.g. a 32 px base under a 128 px backbone)
     features_from: str = "crop"
+    # feature-consistency loss (featinv.diffusion.consistency): weight 0 = the paper's loss; the term applies
+    # only below timestep consistency_max_t, on a random consistency_fraction of the batch
+    consistency_weight: float = 0.0
+    consistency_max_t: int = DEFAULT_MAX_T
+    consistency_fraction: float = 1.0
 
     def check(self) -> None:
         super().check()
         if self.features_from not in FEATURES_FROM:
             raise FeatinvError(f"features-from {self.features_from!r} unknown; use one of {', '.join(FEATURES_FROM)}")
         check_encoder_options(self.encoder, self.encoder_kwargs)
+        self.consistency()
+
+    def consistency(self) -> FeatureConsistency:
+        """The consistency-loss settings as one checked object (a bad value is a one-line error)."""
+        return FeatureConsistency(weight=self.consistency_weight, max_t=self.consistency_max_t,
+                                  fraction=self.consistency_fraction)
 
 
 @dataclass(kw_only=True)

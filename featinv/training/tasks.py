@@ -81,6 +81,8 @@ class FeatInvTask(Task):
             self.sizes["crop"] = int(info.input_size[0])
         if info.input_size[0] != info.input_size[1]:
             raise FeatinvError(f"training needs a square backbone input, got {info.input_size}; pass --input-size")
+        self.consistency = config.consistency()
+        self.consistency.check_timesteps(self.model.base.num_train_timesteps)
         self._params = [(f"p{i:05d}", p) for i, p in enumerate(self.model.trainable_parameters())]
         self._names = self._parameter_names()
         self._cache: TensorSamples | None = None
@@ -104,7 +106,14 @@ class FeatInvTask(Task):
         info = self.model.backbone.info
         return {"backbone": info.spec, "layer": info.layer, "pooled": self.config.pooled,
                 "base": self.model.base.spec, "n": len(self.dataset()), **self._non_default_view(),
-                **self._non_default_encoder()}
+                **self._non_default_encoder(), **self._active_consistency()}
+
+    def _active_consistency(self) -> dict[str, Any]:
+        """The consistency-loss settings for resume checks, all three when the term is on and none when it is
+        off (weight 0: the other two change nothing), so runs written before the option existed still resume."""
+        c = self.consistency
+        return {"consistency_weight": c.weight, "consistency_max_t": c.max_t,
+                "consistency_fraction": c.fraction} if c.active else {}
 
     def _non_default_encoder(self) -> dict[str, Any]:
         """The encoder and its options for resume checks, each left out when it is the default (conv, no
@@ -183,7 +192,8 @@ class FeatInvTask(Task):
         return {"features": self.features(_to_float01(batch[self.view], device)), "target": target}
 
     def loss(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.model.training_loss(inputs["features"], inputs["target"], drop, generator=generator)
+        return self.model.training_loss(inputs["features"], inputs["target"], drop, generator=generator,
+                                        consistency=self.consistency)
 
     def train_mode(self, training: bool) -> None:
         self.model.controlnet.train(training)
