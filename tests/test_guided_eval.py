@@ -121,3 +121,14 @@ def test_bad_guidance_options_are_one_line(setup, capsys, tmp_path, command, fla
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_cli_with_guidance_has_its_own_default_folder(setup) -> None:
+    run, data = setup
+    result = runner.invoke(app, ["eval", "--run", str(run), "--data", str(data), "--per-class", "1", "--steps", "2",
+                                 "--fid", "none", "--feature-guidance", "0.2", "--guidance-normalize", "none",
+                                 "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "eval" / f"{data.name}-fg0.2" / "metrics.json").read_text())
+    assert saved["summary"]["feature_guidance"] == {"strength": 0.2, "schedule": "all", "normalize": "none"}
+    assert "pixel_checks" in saved["summary"]
