@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def main(out: Path) -> None:
-    expected = ["report.html", "metrics.json", "metrics.png", "reconstructions.png"]
+    expected = ["report.html", "metrics.json", "metrics.png", "reconstructions.png", "guidance.png"]
     missing = [name for name in expected if not (out / name).is_file()]
     assert not missing, f"demo outputs missing: {missing}"
     metrics = json.loads((out / "metrics.json").read_text())
@@ -29,11 +29,20 @@ def main(out: Path) -> None:
         label = summary["fid"]["label"]
         assert label.startswith("FID[") and "pooled" in label, f"FID substitute is not labelled as such: {label}"
         assert math.isfinite(summary["fid"]["value"]), f"{variant} FID substitute is not finite"
+    guided = metrics["results"]["unpooled+guidance"]
+    assert guided["feature_guidance"]["strength"] > 0, "the guided evaluation did not record its guidance"
+    for key in ("pixel_mse", "ssim", "high_freq_ratio"):
+        for variant in ("unpooled", "unpooled+guidance"):
+            value = metrics["results"][variant]["pixel_checks"][key]
+            assert value is not None and math.isfinite(value), f"{variant} {key}={value} is not a finite number"
+    assert math.isfinite(guided["cosine_sim"]["mean"]), "guided cosine is not finite"
+    assert len(metrics["guidance_table"]) == 2 and (out / "guidance.png").is_file(), "guidance comparison missing"
     unpooled, pooled = (metrics["results"][v]["cosine_sim"]["mean"] for v in ("unpooled", "pooled"))
     assert unpooled > pooled, f"unpooled cosine {unpooled:.3f} does not beat pooled {pooled:.3f} (the paper's ordering)"
     assert metrics["unpooled_beats_pooled_on_cosine"] is True, "the demo's own verdict disagrees with its numbers"
     print(f"demo outputs OK: cosine unpooled {metrics['results']['unpooled']['cosine_sim']['mean']:.3f}, "
-          f"pooled {metrics['results']['pooled']['cosine_sim']['mean']:.3f}")
+          f"pooled {metrics['results']['pooled']['cosine_sim']['mean']:.3f}, "
+          f"unpooled with feature guidance {guided['cosine_sim']['mean']:.3f}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (the benchmarks folder, put on sys.path just above)
 
+from featinv.evaluation.pixel_checks import high_frequency, ssim  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,16 +62,7 @@ def held_out(n: int, seed: int) -> list[Any]:
 
 
 def ssim_mean(images: torch.Tensor, originals: torch.Tensor) -> float:
-    from skimage.metrics import structural_similarity
-
-    return sum(structural_similarity(a.permute(1, 2, 0).numpy(), b.permute(1, 2, 0).numpy(), channel_axis=2,
-                                     data_range=1.0) for a, b in zip(images, originals, strict=True)) / len(images)
-
-
-def high_frequency(images: torch.Tensor) -> torch.Tensor:
-    """Per image: mean squared Laplacian response (texture / high-frequency energy)."""
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(3, 1, 3, 3)
-    return torch.nn.functional.conv2d(images, kernel, groups=3).pow(2).flatten(1).mean(dim=1)
+    return float(ssim(images, originals).mean())
 
 
 def score(model: Any, images: torch.Tensor, originals: torch.Tensor, f_orig: torch.Tensor,

@@ -25,6 +25,7 @@ _LAZY: dict[str, str] = {
     "kernel_distance": "featinv.evaluation.metrics",
     "FeatInv": "featinv.diffusion.model",
     "Reconstruction": "featinv.diffusion.model",
+    "FeatureGuidance": "featinv.diffusion.guidance",
     "DiffusionBase": "featinv.diffusion.bases",
     "PixelBase": "featinv.diffusion.bases",
     "load_base": "featinv.diffusion.bases",

@@ -190,7 +190,8 @@ class SamplingOptions:
     ``seed``: the first seed (an analysis that needs several uses ``seed, seed+1, ...``, see
     :func:`seeds_for`); ``steps``: denoising steps; ``guidance_scale``: classifier-free guidance (None: the
     run's default); ``scheduler``: ``ddim``, ``dpm++`` or ``unipc``; ``batch_size``: samples per batch (does
-    not change the images); ``bf16``: sample in bfloat16 (GPU).
+    not change the images); ``bf16``: sample in bfloat16 (GPU); ``feature_guidance``: a strength or a
+    :class:`~featinv.diffusion.guidance.FeatureGuidance` (0 = the paper's sampler, see docs/guidance.md).
     """
 
     seed: int = 0
@@ -199,8 +200,12 @@ class SamplingOptions:
     scheduler: str = "ddim"
     batch_size: int = 16
     bf16: bool = False
+    feature_guidance: Any = 0.0
 
     def __post_init__(self) -> None:
+        from featinv.diffusion.guidance import FeatureGuidance
+
+        object.__setattr__(self, "feature_guidance", FeatureGuidance.of(self.feature_guidance))
         from featinv.validation import check_guidance, check_seeds
 
         seeds = check_seeds(self.seed)
@@ -232,12 +237,14 @@ class SamplingOptions:
                                     "scheduler": self.scheduler}
         if self.bf16:
             settings["bf16"] = True
+        if self.feature_guidance.active:  # only when on: unguided analyses' JSON stays as it was
+            settings["feature_guidance"] = self.feature_guidance.describe()
         return settings
 
     def reconstruct_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :meth:`featinv.diffusion.model.FeatInv.reconstruct` (all but the seeds)."""
         return {"steps": self.steps, "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
-                "batch_size": self.batch_size, "bf16": self.bf16}
+                "batch_size": self.batch_size, "bf16": self.bf16, "feature_guidance": self.feature_guidance}
 
 
 # ---------------------------------------------------------------------------------- model plumbing

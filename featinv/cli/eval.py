@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from featinv.cli.options import (
     BatchSize,
     Device,
+    FeatureGuidanceStrength,
+    GuidanceNormalize,
+    GuidanceSchedule,
     JsonOutput,
     Quiet,
     Scheduler,
     Steps,
+    make_feature_guidance,
     parse_float_list,
     parse_int_list,
 )
@@ -41,9 +45,12 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Discard earlier re
 OptOut = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: RUN/eval/<data folder name>).")]
 
 
-def _default_out(run: Path, data: Path, guidance: float | None, sub: str = "") -> Path:
+def _default_out(run: Path, data: Path, guidance: float | None, sub: str = "", steering: Any = None) -> Path:
+    """RUN/eval/<data>[-g<scale>][-fg<strength>]: a guided evaluation never lands in an unguided folder."""
     name = data.resolve().name or "data"
     suffix = f"-g{guidance:g}" if guidance is not None else ""
+    if steering is not None and steering.active:
+        suffix += f"-fg{steering.strength:g}"
     return run / "eval" / f"{sub}{name}{suffix}"
 
 
@@ -59,6 +66,23 @@ def _print_summaries(summaries: list[dict], title: str) -> None:
             console.print(f"[yellow]note:[/] {s['fid']['label']} is FID computed in {s['fid']['space']} feature space "
                           "(no Inception weights installed), not comparable to published FID values.")
             break
+    for s in summaries:
+        if s.get("guidance_warning"):
+            console.print(f"[yellow]warning:[/] {s['model']}: {s['guidance_warning']}")
+
+
+def _unguided_summary(run: Path, data: Path, guidance: float | None, steering: Any) -> dict | None:
+    """The paper sampler's summary at the default folder, when guided and it exists (for the pixel-error warning)."""
+    if not steering.active:
+        return None
+    path = _default_out(run, data, guidance) / "metrics.json"
+    if not path.is_file():
+        console.print("[yellow]note:[/] feature guidance is on; judge it by pixel MSE / SSIM against an unguided "
+                      f"evaluation of the same --data and --seeds (none found at {path.parent}).")
+        return None
+    from featinv.io import read_json
+
+    return read_json(path, what="unguided evaluation").get("summary")
 
 
 @eval_app.callback()
@@ -81,6 +105,9 @@ def eval_main(
     limit: Limit = None,
     overwrite: Overwrite = False,
     device: Device = "cpu",
+    feature_guidance: FeatureGuidanceStrength = 0.0,
+    guidance_schedule: GuidanceSchedule = "all",
+    guidance_normalize: GuidanceNormalize = "std",
     quiet: Quiet = False,
     json_output: JsonOutput = False,
 ) -> None:
@@ -98,12 +125,15 @@ def eval_main(
     from featinv.cli.boundary import no_partial_output
     from featinv.evaluation.evaluate import evaluate
 
-    target = out or _default_out(run, data, guidance)
+    steering = make_feature_guidance(feature_guidance, guidance_schedule, guidance_normalize)
+    target = out or _default_out(run, data, guidance, steering=steering)
     with no_partial_output([target]):  # the default folder inside the run is not an --out the root CLI sees
         result = evaluate(run, data, out=target, per_class=per_class,
                           seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps, scheduler=scheduler,
                           batch_size=batch_size, evaluate_with=evaluate_with or [], evaluate_weights=evaluate_weights,
-                          fid=fid, limit=limit, overwrite=overwrite, device=device, progress=not quiet)
+                          fid=fid, limit=limit, overwrite=overwrite, device=device, progress=not quiet,
+                          feature_guidance=steering,
+                          unguided_summary=_unguided_summary(run, data, guidance, steering))
     if not result.summary:  # another process of a multi-process launch: rank 0 reports
         return
     if json_output:
@@ -128,6 +158,9 @@ def eval_sweep(
     batch_size: BatchSize = 8,
     fid: Fid = "auto",
     device: Device = "cpu",
+    feature_guidance: FeatureGuidanceStrength = 0.0,
+    guidance_schedule: GuidanceSchedule = "all",
+    guidance_normalize: GuidanceNormalize = "std",
     quiet: Quiet = False,
     json_output: JsonOutput = False,
 ) -> None:
@@ -141,11 +174,12 @@ def eval_sweep(
     from featinv.evaluation.sweep import sweep
 
     scales = parse_float_list(guidance)
-    target = out or _default_out(run, data, None, sub="sweep-")
+    steering = make_feature_guidance(feature_guidance, guidance_schedule, guidance_normalize)
+    target = out or _default_out(run, data, None, sub="sweep-", steering=steering)
     with no_partial_output([target]):
         result = sweep(run, data, guidance=scales, out=target,
                        per_class=per_class, seeds=parse_int_list(seeds), steps=steps, scheduler=scheduler,
-                       batch_size=batch_size, fid=fid, device=device, progress=not quiet)
+                       batch_size=batch_size, fid=fid, device=device, progress=not quiet, feature_guidance=steering)
     if json_output:
         console.print_json(json.dumps(result.numbers))
         return

@@ -63,3 +63,17 @@ Pooled = Annotated[bool, typer.Option("--pooled/--unpooled", help="Condition on 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Bf16 = Annotated[bool, typer.Option("--bf16", help="bfloat16 autocast for the denoiser (CUDA only).")]
+FeatureGuidanceStrength = Annotated[float, typer.Option(
+    "--feature-guidance", help="Feature guidance strength S: steer sampling so the backbone sees the target map "
+    "(0 = the paper's sampler; 0.1 recommended, see docs/guidance.md; large values fool the backbone).")]
+GuidanceSchedule = Annotated[str, typer.Option(
+    "--guidance-schedule", help="Steps that feature guidance acts on: all, ramp, first:K or last:K.")]
+GuidanceNormalize = Annotated[str, typer.Option(
+    "--guidance-normalize", help="Feature-guidance gradient normalisation: std (per sample) or none.")]
+
+
+def make_feature_guidance(strength: float, schedule: str, normalize: str) -> Any:
+    """The three guidance options as one :class:`~featinv.diffusion.guidance.FeatureGuidance` (bad values: one line)."""
+    from featinv.diffusion.guidance import FeatureGuidance
+
+    return FeatureGuidance(strength, schedule=schedule, normalize=normalize)

@@ -10,25 +10,20 @@ import typer
 from featinv.cli.options import (
     BatchSize,
     Device,
+    FeatureGuidanceStrength,
     Guidance,
+    GuidanceNormalize,
+    GuidanceSchedule,
     OutDir,
     Quiet,
     RunDir,
     Scheduler,
     Seeds,
     Steps,
+    make_feature_guidance,
     parse_int_list,
 )
 from featinv.console import console
-
-# guidance options; to move to cli/options.py once `eval` and the analyses take them too
-FeatureGuidanceStrength = Annotated[float, typer.Option(
-    "--feature-guidance", help="Feature guidance strength S: steer sampling so the backbone sees the target map "
-    "(0 = the paper's sampler; 0.1 recommended, see docs/guidance.md; large values fool the backbone).")]
-GuidanceSchedule = Annotated[str, typer.Option(
-    "--guidance-schedule", help="Steps that feature guidance acts on: all, ramp, first:K or last:K.")]
-GuidanceNormalize = Annotated[str, typer.Option(
-    "--guidance-normalize", help="Feature-guidance gradient normalisation: std (per sample) or none.")]
 
 
 def reconstruct(
@@ -58,9 +53,8 @@ def reconstruct(
     Guided: featinv reconstruct --run runs/lite0 --images photos/ --out recon/ --feature-guidance 0.1
     """
     from featinv.apps.reconstruct_folder import reconstruct_images
-    from featinv.diffusion.guidance import FeatureGuidance
 
-    steering = FeatureGuidance(feature_guidance, schedule=guidance_schedule, normalize=guidance_normalize)
+    steering = make_feature_guidance(feature_guidance, guidance_schedule, guidance_normalize)
     summary = reconstruct_images(run, images, out, seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps,
                                  scheduler=scheduler, batch_size=batch_size, device=device, resize=resize,
                                  overwrite=overwrite, progress=not quiet, bf16=bf16,

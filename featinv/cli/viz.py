@@ -25,7 +25,20 @@ import typer
 from typer.core import TyperGroup
 
 from featinv.cli.concepts import parse_options
-from featinv.cli.options import BatchSize, Bf16, Device, Guidance, Quiet, RunDir, Scheduler, Steps
+from featinv.cli.options import (
+    BatchSize,
+    Bf16,
+    Device,
+    FeatureGuidanceStrength,
+    Guidance,
+    GuidanceNormalize,
+    GuidanceSchedule,
+    Quiet,
+    RunDir,
+    Scheduler,
+    Steps,
+    make_feature_guidance,
+)
 from featinv.console import console
 from featinv.errors import FeatinvError
 
@@ -72,11 +85,14 @@ viz_app = typer.Typer(
 )
 
 
-def _sampling(seed: int, steps: int, guidance: float | None, scheduler: str, batch_size: int, bf16: bool) -> Any:
+def _sampling(seed: int, steps: int, guidance: float | None, scheduler: str, batch_size: int, bf16: bool,
+              steering: tuple[float, str, str] = (0.0, "all", "std")) -> Any:
+    """The sampling options every analysis shares; ``steering``: (strength, schedule, normalisation) of feature
+    guidance as the three CLI options give them."""
     from featinv.analyses.base import SamplingOptions
 
     return SamplingOptions(seed=seed, steps=steps, guidance_scale=guidance, scheduler=scheduler,
-                           batch_size=batch_size, bf16=bf16)
+                           batch_size=batch_size, bf16=bf16, feature_guidance=make_feature_guidance(*steering))
 
 
 def _report(result: Any) -> None:
@@ -125,6 +141,9 @@ def steering(
     scheduler: Scheduler = "ddim",
     batch_size: BatchSize = 16,
     bf16: Bf16 = False,
+    feature_guidance: FeatureGuidanceStrength = 0.0,
+    guidance_schedule: GuidanceSchedule = "all",
+    guidance_normalize: GuidanceNormalize = "std",
     out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -136,7 +155,8 @@ def steering(
     Example: featinv viz steering --run runs/lite0 --concepts concepts/bunting --image bird.jpg --n 5
     """
     options = {"attenuate": attenuate, "n": n, "threshold": threshold, "gradcam": gradcam}
-    run_registered(ctx, "steering", options, _sampling(seed, steps, guidance, scheduler, batch_size, bf16), run,
+    run_registered(ctx, "steering", options, _sampling(seed, steps, guidance, scheduler, batch_size, bf16,
+                             (feature_guidance, guidance_schedule, guidance_normalize)), run,
                    image, out, device, quiet, decomposer=concepts, concepts=concept_id)
 
 
@@ -153,6 +173,9 @@ def interpolation(
     scheduler: Scheduler = "ddim",
     batch_size: BatchSize = 16,
     bf16: Bf16 = False,
+    feature_guidance: FeatureGuidanceStrength = 0.0,
+    guidance_schedule: GuidanceSchedule = "all",
+    guidance_normalize: GuidanceNormalize = "std",
     out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -162,7 +185,8 @@ def interpolation(
     Example: featinv viz interpolation --run runs/lite0 --image-a bird.jpg --image-b landscape.jpg
     """
     run_registered(ctx, "interpolation", {"weights": weights},
-                   _sampling(seed, steps, guidance, scheduler, batch_size, bf16), run, image_a, out, device, quiet,
+                   _sampling(seed, steps, guidance, scheduler, batch_size, bf16,
+                             (feature_guidance, guidance_schedule, guidance_normalize)), run, image_a, out, device, quiet,
                    others=image_b)
 
 
@@ -181,6 +205,9 @@ def compose(
     scheduler: Scheduler = "ddim",
     batch_size: BatchSize = 16,
     bf16: Bf16 = False,
+    feature_guidance: FeatureGuidanceStrength = 0.0,
+    guidance_schedule: GuidanceSchedule = "all",
+    guidance_normalize: GuidanceNormalize = "std",
     out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -190,7 +217,8 @@ def compose(
     Example: featinv viz compose --run runs/lite0 --image-a bird.jpg --image-b sky.jpg --region center
     """
     options = {"regions": region} if region else {}
-    run_registered(ctx, "compose", options, _sampling(seed, steps, guidance, scheduler, batch_size, bf16), run,
+    run_registered(ctx, "compose", options, _sampling(seed, steps, guidance, scheduler, batch_size, bf16,
+                             (feature_guidance, guidance_schedule, guidance_normalize)), run,
                    image_a, out, device, quiet, others=image_b)
 
 
@@ -222,6 +250,9 @@ def run_analysis(
     scheduler: Scheduler = "ddim",
     batch_size: BatchSize = 16,
     bf16: Bf16 = False,
+    feature_guidance: FeatureGuidanceStrength = 0.0,
+    guidance_schedule: GuidanceSchedule = "all",
+    guidance_normalize: GuidanceNormalize = "std",
     out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -236,7 +267,8 @@ def run_analysis(
         inputs["others"] = image_b
     if concepts is not None:
         inputs["decomposer"] = concepts
-    run_registered(ctx, name, parse_options(option), _sampling(seed, steps, guidance, scheduler, batch_size, bf16),
+    run_registered(ctx, name, parse_options(option), _sampling(seed, steps, guidance, scheduler, batch_size, bf16,
+                             (feature_guidance, guidance_schedule, guidance_normalize)),
                    run, image, out, device, quiet, **inputs)
 
 

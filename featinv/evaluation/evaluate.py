@@ -182,6 +182,8 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
     name: str | None = None,
+    feature_guidance: Any = 0.0,
+    unguided_summary: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Reconstruct ``per_class`` originals per class for each seed and score them (paper Table 1/2).
 
@@ -190,11 +192,18 @@ def evaluate(
     ``metrics.json/.csv`` and ``metrics.md`` go (None: keep everything in memory, no resume).
     ``fid``: ``auto`` (Inception if its weights are installed, else a labelled backbone substitute),
     ``inception``, a weight file, ``backbone``, ``backbone:SPEC`` or ``none``. ``limit`` caps the
-    reconstructions made by this call (the rest are left for a later, resuming call).
+    reconstructions made by this call (the rest are left for a later, resuming call). ``feature_guidance``
+    (a strength or a :class:`~featinv.diffusion.guidance.FeatureGuidance`; 0 = the paper's sampler) steers
+    sampling toward the target maps; every row also carries pixel MSE, SSIM and high-frequency energy against
+    its original, the checks guidance cannot game (:mod:`featinv.evaluation.pixel_checks`). With
+    ``unguided_summary`` (the paper sampler's evaluation of the same images and seeds) a guided summary
+    carries a ``guidance_warning`` when the cosine rose while the pixel error went up.
     """
+    from featinv.diffusion.guidance import FeatureGuidance
     from featinv.progress import progress as progress_bar
 
     seeds = [int(s) for s in seeds] or [0]
+    steering = FeatureGuidance.of(feature_guidance)
     if guidance_scale is not None:
         from featinv.validation import check_guidance
 
@@ -217,6 +226,8 @@ def evaluate(
         "backbone": backbone.spec, "layer": getattr(backbone, "layer", None),
         "pooled": bool(getattr(model, "pooled", False)), "guidance_scale": guidance, "steps": int(steps),
         "scheduler": scheduler, "seeds": seeds, "per_class": per_class, "evaluate_with": list(evaluate_with),
+        # null when off; an older index without the key counts as off (see _read_indexes)
+        "feature_guidance": steering.describe() if steering.active else None,
     }
     jobs = [(src, seed) for src in sources for seed in seeds]
 
@@ -249,7 +260,9 @@ def evaluate(
             except FeatinvError as exc:
                 unreadable[src.name] = str(exc)
         if readable:
-            rows = _reconstruct_batch(model, pils, readable, guidance, steps, scheduler, batch_size, extra)
+            rows = _reconstruct_batch(model, pils, readable, extra,
+                                      dict(guidance_scale=guidance, steps=steps, scheduler=scheduler,
+                                           batch_size=batch_size, feature_guidance=steering))
             for (src, seed), (row, img) in zip(readable, rows, strict=True):
                 my_rows[row["key"]] = _record(row, src, seed, img, out_dir, kept if keep else None)
             if index is not None:
@@ -273,6 +286,11 @@ def evaluate(
     summary = _summarise(rows, settings, label, complete=len(rows) == expected, n_sources=len(sources))
     if unreadable:
         summary["skipped_unreadable"] = sorted(unreadable)
+    from featinv.evaluation.pixel_checks import guidance_warning
+
+    warning = guidance_warning(summary, unguided_summary)
+    if warning:
+        summary["guidance_warning"] = warning
     if space is not None and len(rows) >= 2:
         generated = iter(images) if images is not None else (
             Image.open(out_dir / r["file"]).convert("RGB") for r in rows)  # type: ignore[operator]
@@ -319,13 +337,11 @@ def _reconstruct_batch(
     model: Any,
     pils: list[Image.Image],
     batch: Sequence[tuple[SourceImage, int]],
-    guidance: float,
-    steps: int,
-    scheduler: str,
-    batch_size: int,
     extra: dict[str, Any],
+    sampling: dict[str, Any],
 ) -> list[tuple[dict[str, Any], Image.Image]]:
-    """Reconstruct one batch and score every sample against its original."""
+    """Reconstruct one batch (``sampling``: keyword arguments of ``model.reconstruct``) and score every
+    sample against its original: in the backbone's eyes, and in pixels."""
     from featinv.data import to_pil
     from featinv.evaluation import metrics
     from featinv.features.backbone import pool_features
@@ -335,9 +351,9 @@ def _reconstruct_batch(
         x = backbone.preprocess(pils)
         f_orig, logits_orig = backbone.features_and_logits(x)
         cond = pool_features(f_orig) if getattr(model, "pooled", False) else f_orig
-        rec = model.reconstruct(features=cond, seeds=[seed for _, seed in batch], guidance_scale=guidance,
-                                steps=steps, scheduler=scheduler, batch_size=batch_size, progress=False)
+        rec = model.reconstruct(features=cond, seeds=[seed for _, seed in batch], progress=False, **sampling)
         rec_images = rec.images.float().clamp(0, 1)
+        pixels = _pixel_checks(pils, rec_images.cpu())
         f_rec, logits_rec = backbone.features_and_logits(backbone.normalize(rec_images.to(backbone.device)))
         cos = metrics.cosine_median(f_orig.cpu(), f_rec.cpu())
         top1 = metrics.topk_match(logits_orig.cpu(), logits_rec.cpu(), 1)
@@ -355,16 +371,32 @@ def _reconstruct_batch(
             "top5": bool(top5[i]),
             "pred_original": int(logits_orig[i].argmax()),
             "pred_reconstruction": int(logits_rec[i].argmax()),
+            **{k: v[i] for k, v in pixels.items()},
         }
+        if getattr(rec, "fidelity", None) is not None:
+            row["fidelity"] = float(rec.fidelity[i])
         if cross:
             row["cross"] = {spec: {"top1": bool(t1[i]), "top5": bool(t5[i])} for spec, (t1, t5) in cross.items()}
         out.append((row, to_pil(rec_images[i])))
     return out
 
 
+def _pixel_checks(pils: list[Image.Image], rec_images: torch.Tensor) -> dict[str, list[Any]]:
+    """Per image: pixel MSE, SSIM (None without scikit-image) and high-frequency energy of the reconstruction
+    and of its original, the original resized and centre-cropped to the reconstruction's size."""
+    from featinv.evaluation import pixel_checks
+
+    originals = torch.stack([square(img, rec_images.shape[-1]) for img in pils]).float()
+    n = len(pils)
+    ssims = pixel_checks.ssim(rec_images, originals).tolist() if pixel_checks.ssim_available() else [None] * n
+    return {"pixel_mse": pixel_checks.pixel_mse(rec_images, originals).tolist(), "ssim": ssims,
+            "high_freq": pixel_checks.high_frequency(rec_images).tolist(),
+            "high_freq_original": pixel_checks.high_frequency(originals).tolist()}
+
+
 def _index(path: Path, settings: dict[str, Any]) -> ResumableIndex:
     """One rank's index file; the judging backbones may change between runs (rows are checked instead)."""
-    return ResumableIndex(path, settings, what="evaluation index", ignored=("evaluate_with",))
+    return ResumableIndex(path, settings, what="evaluation index", ignored=("evaluate_with", "feature_guidance"))
 
 
 def _read_indexes(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, dict[str, Any]]:
@@ -380,6 +412,9 @@ def _read_indexes(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> d
             read_json(path, what="evaluation index")  # an unreadable index is reported, not silently dropped
             path.unlink()
             continue
+        stored = read_json(path, what="evaluation index").get("settings", {})
+        if stored.get("feature_guidance") != settings["feature_guidance"]:  # missing (older index) = off
+            raise FeatinvError(refusal(["feature_guidance"]))
         for key, row in _index(path, settings).load(refusal).items():
             if all(spec in row.get("cross", {}) for spec in settings["evaluate_with"]):
                 rows[key] = row
@@ -388,6 +423,7 @@ def _read_indexes(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> d
 
 def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str, complete: bool, n_sources: int) -> dict[str, Any]:
     from featinv.evaluation.metrics import mean_ci95, rate_ci95
+    from featinv.evaluation.pixel_checks import summarise_pixel_checks
 
     n = len(rows)
     mean, low, high = mean_ci95([r["cosine"] for r in rows])
@@ -405,6 +441,9 @@ def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str,
         "top1": hits["top1"] / n if n else None,
         **{f"{k}_ci95": [_finite(v) for v in rate_ci95(hits[k], n)] for k in hits},  # Wilson score interval
     }
+    checks = summarise_pixel_checks(rows)
+    if checks:
+        summary["pixel_checks"] = checks
     if settings["evaluate_with"]:
         summary["cross_model"] = {
             spec: {"top5": sum(r["cross"][spec]["top5"] for r in rows) / n if n else None,
@@ -416,7 +455,8 @@ def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str,
 
 def _write_outputs(out_dir: Path, result: EvalResult) -> None:
     write_json(out_dir / "metrics.json", {"summary": result.summary, "rows": result.rows})
-    columns = ["key", "source", "class", "seed", "file", "cosine", "top5", "top1", "pred_original", "pred_reconstruction"]
+    columns = ["key", "source", "class", "seed", "file", "cosine", "top5", "top1", "pred_original", "pred_reconstruction",
+               "fidelity", "pixel_mse", "ssim", "high_freq", "high_freq_original"]
     specs = list(result.summary.get("cross_model", {}))
     text = io.StringIO()
     writer = csv.writer(text)

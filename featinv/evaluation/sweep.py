@@ -64,6 +64,8 @@ def sweep(
         "cosine_distance": [None if r.cos_mean is None else 1.0 - r.cos_mean for r in results],
         "top5": [r.top5 for r in results],
         "top1": [r.top1 for r in results],
+        "pixel_mse": [(r.summary.get("pixel_checks") or {}).get("pixel_mse") for r in results],
+        "ssim": [(r.summary.get("pixel_checks") or {}).get("ssim") for r in results],
     }
     plot = None
     if out_dir is not None:

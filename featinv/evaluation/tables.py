@@ -43,7 +43,9 @@ def _fmt_cos(cos: dict[str, Any]) -> str:
 def _table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     fid_labels = sorted({s["fid"]["label"] for s in summaries if s.get("fid")}) or ["FID"]
     kid_labels = sorted({s["kid"]["label"] for s in summaries if s.get("kid")})
-    header = ["Model", "cosine-sim", "top5(1) match", *fid_labels, *kid_labels, "n"]
+    pixels = any(s.get("pixel_checks") for s in summaries)
+    header = ["Model", "cosine-sim", "top5(1) match", *fid_labels, *kid_labels,
+              *(["pixel MSE", "SSIM", "high-freq ratio"] if pixels else []), "n"]
     labels = [s.get("model", "?") for s in summaries]
     if len(set(labels)) < len(labels):  # e.g. one run at several guidance scales: tell the rows apart
         labels = [f"{lab} g={s.get('guidance_scale', '?'):g} {Path(str(s.get('data', ''))).name}".rstrip()
@@ -57,9 +59,18 @@ def _table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
         for lab in kid_labels:
             kid = s.get("kid") or {}
             cells.append(f"{kid['mean']:.4f} ± {kid['std']:.4f}" if kid.get("label") == lab else "n/a")
+        if pixels:
+            cells += _pixel_cells(s.get("pixel_checks") or {})
         cells.append(str(s.get("n_images", "")) + ("" if s.get("complete", True) else " (partial)"))
         rows.append(cells)
     return header, rows
+
+
+def _pixel_cells(checks: dict[str, Any]) -> list[str]:
+    """Pixel MSE, SSIM and high-frequency ratio against the originals ("n/a" where not measured)."""
+    return [f"{v:{fmt}}" if v is not None else "n/a"
+            for v, fmt in ((checks.get("pixel_mse"), ".4f"), (checks.get("ssim"), ".3f"),
+                           (checks.get("high_freq_ratio"), ".2f"))]
 
 
 def summary_markdown(summaries: Sequence[dict[str, Any]]) -> str:
