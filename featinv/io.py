@@ -241,6 +241,7 @@ def output_lock(folder: str | os.PathLike[str], command: str | None = None) -> I
     """
     from filelock import FileLock, Timeout
 
+    created = not Path(folder).exists()
     folder = ensure_output_dir(folder)
     key = folder.resolve()
     if key in _HELD:
@@ -261,15 +262,21 @@ def output_lock(folder: str | os.PathLike[str], command: str | None = None) -> I
         raise FeatinvError(f"output folder {folder} is in use by {who}; wait for it to finish or choose another "
                            "output folder") from None
     _HELD.add(key)
+    failed = False
     try:
         write_json(holder_file, {"command": command or running_command(), "pid": os.getpid()})
         if world == 1:
             clean_temp_leftovers(folder)
         yield folder
+    except Exception:
+        failed = True
+        raise
     finally:
         _HELD.discard(key)
         holder_file.unlink(missing_ok=True)
         lock.release()
+        if failed and created and {p.name for p in folder.iterdir()} <= {name}:
+            shutil.rmtree(folder, ignore_errors=True)  # a command refused before writing leaves no folder behind
 
 
 def locks_output(parameter: str) -> Callable[[Callable[P, R]], Callable[P, R]]:

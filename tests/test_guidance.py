@@ -187,7 +187,7 @@ def test_cli_flag_and_fidelity_in_the_index(tmp_path):
     plain = runner.invoke(app, args("plain"))
     assert plain.exit_code == 0, plain.output
     plain_index = json.loads((tmp_path / "plain" / "index.json").read_text())
-    assert "feature_guidance" not in plain_index and all("fidelity" in item for item in plain_index["items"])
+    assert plain_index["feature_guidance"] is None and all("fidelity" in item for item in plain_index["items"])
     for bad in (["--feature-guidance", "-1"], ["--guidance-schedule", "often"], ["--guidance-normalize", "l1"]):
         result = runner.invoke(app, args("bad", "--feature-guidance", "0.1", *bad))
         assert isinstance(result.exception, FeatinvError) and "\n" not in str(result.exception), result.output

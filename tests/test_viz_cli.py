@@ -45,7 +45,8 @@ def test_viz_steering(setup, command):
     result = runner.invoke(app, ["viz", command, "--run", str(run), "--concepts", str(concepts), "--image",
                                  str(images), "--concept", "all", "--n", "2", "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["img0.json", "img0.png", "img1.json", "img1.png", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".featinv.lock", "img0.json", "img0.png", "img1.json", "img1.png",
+                                                     "summary.json"]  # the lock file of the output folder stays
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["attenuate"] == 0.25 and summary["settings"]["n"] == 2
     assert [c["concept"] for c in summary["images"]["img0"]["concepts"]] == [0, 1]
@@ -190,7 +191,8 @@ def test_a_plugin_analysis_runs_from_the_cli(setup, third_party):
     result = runner.invoke(app, ["viz", "brightness", "--run", str(run), "--image", str(images), "--option",
                                  "scale=0.5", "--seed", "3", "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["img0.json", "img0.png", "img1.json", "img1.png", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".featinv.lock", "img0.json", "img0.png", "img1.json", "img1.png",
+                                                     "summary.json"]  # the lock file of the output folder stays
     summary = json.loads((out / "summary.json").read_text())
     assert summary["analysis"] == "brightness"
     assert summary["settings"] == {"scale": 0.5, "seed": 3, "steps": 2, "guidance_scale": None, "scheduler": "ddim"}
