@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -232,35 +233,30 @@ def test_train_ctrl_c_and_kill_9_then_resume_loses_and_repeats_nothing(assets, t
 
 
 def test_concepts_fit_killed_half_way_leaves_no_folder_and_rerun_completes(assets, tmp_path, capsys):
-    """A FIFO named like the last image holds the process inside feature extraction (a known point)."""
+    """The process is killed while it decodes the last, large image (seen open in /proc/PID/fd): a known point
+    inside feature extraction. (A FIFO no longer works as a hold point: the image walk refuses to read one.)"""
     data = tmp_path / "data"
     make_tiny_images(data, count=5)
-    fifo = data / "zz_last.png"
-    os.mkfifo(fifo)
+    noise = np.random.default_rng(0).integers(0, 255, (3000, 3000, 3), dtype=np.uint8)
+    big = data / "zz_last.png"
+    Image.fromarray(noise).save(big, compress_level=0)  # slow to decode: its file stays open a while
     out = tmp_path / "concepts"
     args = ["concepts", "fit", "--backbone", TINY_BACKBONE, "--weights", "none", "--input-size", "64", "--layer",
             "blocks.4", "--data", data, "--n-concepts", "2", "--batch-size", "2", "--out", out, "--quiet"]
     log = tmp_path / "log.txt"
     proc = _start(args, log)
-    writer: dict[str, int] = {}
 
-    def reading_the_fifo() -> bool:
-        try:  # succeeds only once the process has opened the FIFO: two batches are done, it waits for the third
-            writer["fd"] = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            return True
+    def decoding_the_last_image() -> bool:
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            return any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") == str(big) for fd in fds)
         except OSError:
             return False
 
-    _wait_for(reading_the_fifo, proc, log)
-    try:
-        assert _interrupt(proc, signal.SIGKILL, log) == -signal.SIGKILL
-    finally:
-        os.close(writer["fd"])
+    _wait_for(decoding_the_last_image, proc, log)
+    assert _interrupt(proc, signal.SIGKILL, log) == -signal.SIGKILL
     assert not out.exists() and not [p for p in tmp_path.glob(".concepts*")]  # no half-written concepts folder
 
-    fifo.unlink()
-    make_tiny_images(tmp_path / "one", count=1)
-    (tmp_path / "one" / "img0.png").rename(fifo)  # the last image is now a real one
     main([str(a) for a in args])
     capsys.readouterr()
     from featinv.concepts.base import load_decomposer
