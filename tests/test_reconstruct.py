@@ -76,3 +76,11 @@ def test_cli_errors_are_one_line(tmp_path, run_dir):
     assert isinstance(result.exception, FeatinvError) and "integers" in str(result.exception)
     result = runner.invoke(app, ["reconstruct", "--help"])
     assert result.exit_code == 0 and "Example: featinv reconstruct" in result.output
+
+
+def test_out_inside_the_images_folder_is_not_reingested_on_rerun(run_dir, tmp_path):
+    images = make_tiny_images(tmp_path / "photos", count=2)
+    out = images / "recon"
+    for _ in range(2):
+        summary = reconstruct_images(run_dir, images, out, seeds=[0], steps=1, progress=False)
+    assert summary.written == [] and sorted(p.name for p in out.glob("*.png")) == ["img0_s0.png", "img1_s0.png"]

@@ -32,14 +32,16 @@ class ReconstructSummary:
     unreadable: list[Path] = field(default_factory=list)   # inputs that are not decodable images
 
 
-def _output_names(inputs: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, str]]:
-    """(image path, unique output stem) for every image under the inputs, in a stable order."""
+def _output_names(inputs: Sequence[str | os.PathLike[str]],
+                  exclude: Sequence[str | os.PathLike[str]] = ()) -> list[tuple[Path, str]]:
+    """(image path, unique output stem) for every image under the inputs, in a stable order; nothing under
+    ``exclude`` (the output folder, when it lies inside an input folder, so reruns never re-ingest it)."""
     from featinv.data import find_images
 
     items: list[tuple[Path, str]] = []
     used: set[str] = set()
     for entry in inputs:
-        listing = find_images(entry)
+        listing = find_images(entry, exclude=exclude)
         for path in listing.paths:
             rel = path.relative_to(listing.root).with_suffix("")
             stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(rel.parts)) or "image"
@@ -78,7 +80,7 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     if not inputs:
         raise FeatinvError("no images given; pass image files or folders")
-    items = _output_names(inputs)
+    items = _output_names(inputs, exclude=[out])
     model = load_model(run, device=device)
     model.base.make_scheduler(scheduler)  # an unknown sampler fails here, before anything is written
     out_dir = ensure_output_dir(out)
