@@ -148,7 +148,7 @@ def recover_swaps(parent: str | os.PathLike[str]) -> list[Path]:
         if not _TEMP_NAME.match(aside.name):
             continue
         held = aside / "x"
-        name = aside.name[1:].rsplit(".", 2)[0]  # ".NAME.XXXXXXXX.old"
+        name = aside.name[1:].rsplit(".", 2)[0]  # ".NAME.<8 random characters>.old"
         target = aside.parent / name
         if held.is_dir() and not target.exists():
             os.replace(held, target)
