@@ -88,6 +88,8 @@ def check_steps(steps: Any, limit: int = 1000, name: str = "steps") -> int:
 def check_count(value: Any, name: str, low: int = 1, high: int | None = None) -> int:
     """An integer count within bounds (batch sizes, epochs as whole numbers, image sizes)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        if high is None and low == 1:
+            raise FeatinvError(f"{name} must be a positive integer, got {value!r}")
         bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
         raise FeatinvError(f"{name} must be an integer {bound}, got {value!r}")
     return value

@@ -388,7 +388,7 @@ def test_no_partial_output_keeps_folders_with_files_and_interrupts(tmp_path):
     ({"guidance_scale": float("nan")}, "guidance scale must be a finite number >= 0"),
     ({"steps": 0}, "steps must be an integer from 1 to 1000"),
     ({"steps": 1001}, "steps must be an integer from 1 to 1000"),  # more than the base's timesteps: was a crash
-    ({"batch_size": 0}, "batch size must be an integer of at least 1"),
+    ({"batch_size": 0}, "batch size must be a positive integer"),
     ({"scheduler": "ddimm"}, "unknown scheduler 'ddimm'"),
 ])
 def test_api_reconstruct_refuses_bad_numbers(model, kwargs, message):

@@ -26,6 +26,7 @@ from torch import Tensor
 from featinv.analyses.shift import FeatureShiftWarning
 from featinv.errors import FeatinvError
 from featinv.io import locks_output
+from featinv.validation import check_count
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -174,13 +175,6 @@ def check_fraction(value: float, name: str, low: float = 0.0, high: float = 1.0)
             or not low <= value <= high:
         raise FeatinvError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
     return float(value)
-
-
-def check_count(value: int, name: str) -> int:
-    """A positive integer or a clear error."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FeatinvError(f"{name} must be a positive integer, got {value!r}; pass e.g. {name}=5")
-    return value
 
 
 @dataclass(frozen=True)
