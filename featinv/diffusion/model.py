@@ -67,8 +67,11 @@ def _backbone_entry(bb: Any, weights: str) -> dict[str, Any]:
     info = bb.info
     if weights not in ("pretrained", "none") and Path(weights).exists():
         weights = str(Path(weights).resolve())
-    return {"spec": bb.spec, "layer": bb.layer, "weights": weights, "input_size": list(info.input_size),
-            "channels": int(info.channels), "grid": list(info.grid)}
+    entry = {"spec": bb.spec, "layer": bb.layer, "weights": weights, "input_size": list(info.input_size),
+             "channels": int(info.channels), "grid": list(info.grid)}
+    if getattr(bb, "overrides", None):  # a user-given mean/std, so the run rebuilds the same preprocessing
+        entry["preprocessing"] = dict(bb.overrides)
+    return entry
 
 
 def _check_backbone(bb: Any, expected: dict[str, Any], run: str) -> None:
@@ -156,7 +159,8 @@ class FeatInv:
 
             size = entry.get("input_size")
             backbone = make_backbone(entry["spec"], layer=entry["layer"], weights=entry.get("weights", "pretrained"),
-                                     input_size=int(size[0]) if size else None, device=device)
+                                     input_size=int(size[0]) if size else None, device=device,
+                                     **entry.get("preprocessing", {}))
         _check_backbone(backbone, entry, str(run_dir))
         base_obj = load_base(base if base is not None else config["base"]["spec"], device=device)
         _check_base(base_obj, config["base"], str(run_dir))

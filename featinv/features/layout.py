@@ -32,6 +32,13 @@ class ModelKnowledge:
     ``preferred_layers``: canonical feature layers (timm's ``feature_info``), used to name the default.
     ``pre_pool(model, x)``: runs the model up to global pooling and returns that tensor (the default
     layer is the module that produced it).
+    ``token_grids(input_hw)``: every grid a token layer may have (Swin-style stages that merge patches);
+    the one whose size matches the token count is used. None: only ``patch_grid``.
+    ``default_layer``: the canonical feature layer, named outright (no probe needed).
+    ``forward(model, x)``: how to call the model (Hugging Face models take ``pixel_values=``).
+    ``logits_of(output)``: the class logits in the model's output, or None when it has no classifier;
+    None here means "a 2-D tensor output is the logits".
+    ``unwrap(output)``: the tensor inside a layer's output (Hugging Face layers return tuples).
     """
 
     prefix_tokens: int = 0
@@ -39,6 +46,25 @@ class ModelKnowledge:
     channels_last: Callable[[str], bool] = field(default=lambda path: False)
     preferred_layers: tuple[str, ...] = ()
     pre_pool: Callable[[nn.Module, Tensor], Tensor] | None = None
+    token_grids: Callable[[tuple[int, int]], Sequence[tuple[int, int]]] | None = None
+    default_layer: str | None = None
+    forward: Callable[[nn.Module, Tensor], Any] | None = None
+    logits_of: Callable[[Any], Tensor | None] | None = None
+    unwrap: Callable[[Any], Any] | None = None
+
+    def run(self, model: nn.Module, x: Tensor) -> Any:
+        """Call ``model`` on preprocessed ``x`` the way its library expects."""
+        return model(x) if self.forward is None else self.forward(model, x)
+
+    def logits(self, output: Any) -> Tensor | None:
+        """The class logits in a forward output, or None (an encoder without a classifier)."""
+        if self.logits_of is not None:
+            return self.logits_of(output)
+        return output if isinstance(output, Tensor) and output.ndim == 2 else None
+
+    def layer_output(self, output: Any) -> Any:
+        """The feature tensor inside a layer's raw hook output (the output itself unless ``unwrap`` says)."""
+        return output if self.unwrap is None else self.unwrap(output)
 
 
 @dataclass(frozen=True)
@@ -105,6 +131,8 @@ def resolve_layout(shape: Sequence[int], input_hw: tuple[int, int], knowledge: M
                                 "pick a layer with a [B, C, H, W] output, see `featinv layers SPEC`")
         grid = tuple(knowledge.patch_grid(input_hw))
         prefix = knowledge.prefix_tokens
+        if shape[1] != prefix + grid[0] * grid[1] and knowledge.token_grids is not None:
+            grid = next((tuple(g) for g in knowledge.token_grids(input_hw) if shape[1] == prefix + g[0] * g[1]), grid)
         if shape[1] != prefix + grid[0] * grid[1]:
             raise NoSpatialGrid(f"{where} outputs {shape[1]} tokens, not {prefix} prefix + {grid[0]}x{grid[1]} "
                                 "patch tokens; pick a block output, see `featinv layers SPEC`")
