@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from featinv.errors import FeatinvError
 from featinv.features.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, ModelKnowledge, Preprocessing
@@ -37,8 +37,9 @@ def _size(value: Any) -> tuple[int, int]:
 
 
 def _triple(value: Any, what: str, positive: bool = False) -> tuple[float, float, float]:
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, (int, float)) else value
     try:
-        values = tuple(float(v) for v in value)
+        values = tuple(float(v) for v in items)
     except (TypeError, ValueError):
         values = ()
     if len(values) == 1:
@@ -70,8 +71,22 @@ def _knowledge(patch_size: int | Sequence[int] | None, prefix_tokens: int, chann
     if not isinstance(prefix_tokens, int) or prefix_tokens < 0:
         raise FeatinvError(f"prefix_tokens must be a non-negative integer, got {prefix_tokens!r}")
     return ModelKnowledge(prefix_tokens=prefix_tokens, patch_grid=patch_grid,
-                          channels_last=lambda path: bool(channels_last),
+                          channels_last=lambda path: bool(channels_last), pre_pool=_global_pool_input,
                           logits_of=None if classifier else (lambda output: None))
+
+
+def _global_pool_input(model: nn.Module, x: Tensor) -> Tensor | None:
+    """The tensor the model's last adaptive (global) pooling receives, so the default layer is the map
+    before it; None (a model without one) falls back to the last top-level module with a grid."""
+    pools = [m for m in model.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+    store: dict[str, Tensor] = {}
+    handle = pools[-1].register_forward_pre_hook(lambda _m, inputs: store.__setitem__("x", inputs[0])) if pools else None
+    try:
+        model(x)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return store.get("x")
 
 
 def wrap_module(module: nn.Module, layer: str | None = None, *, input_size: int | Sequence[int] | None = None,
