@@ -100,6 +100,9 @@ def classifier_row(backbone: Backbone, target_class: int) -> Tensor:
     Relevances ``<f_c, w>`` only mean something when the classifier is linear in the layer's features
     (the layer is the one directly before global pooling and the last ``Linear``).
     """
+    if not getattr(backbone, "has_classifier", True):
+        raise FeatinvError(f"{backbone.spec} has no classifier head, so concept relevance for a class is not "
+                           "available; fit without --target-class")
     linear = [m for m in backbone.model.modules() if isinstance(m, torch.nn.Linear)]
     if not linear:
         raise FeatinvError(f"{backbone.spec} has no linear classifier; fit without target_class")
