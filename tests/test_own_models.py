@@ -62,7 +62,7 @@ def test_numpy_images_of_every_common_kind_match_pil(tiny_net) -> None:
     want_gray = tiny_net.preprocess(Image.fromarray(gray))
     torch.testing.assert_close(tiny_net.preprocess(gray), want_gray)                   # H×W
     torch.testing.assert_close(tiny_net.preprocess(gray[..., None]), want_gray)        # H×W×1
-    torch.testing.assert_close(tiny_net.preprocess((gray.astype(np.uint16) * 257)), want_gray)  # 16-bit
+    torch.testing.assert_close(tiny_net.preprocess(gray.astype(np.uint16) * 257), want_gray)  # 16-bit
     tensor = torch.from_numpy(rgb).permute(2, 0, 1) / 255.0
     mixed = tiny_net.preprocess([rgb, Image.fromarray(rgb), tensor])
     assert mixed.shape == (3, 3, 32, 32)
@@ -195,3 +195,55 @@ def test_bad_hf_specs_exit_2_with_one_line(hf_models, tmp_path, capsys) -> None:
     ]:
         code, err = _exit(args, capsys)
         assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+# ------------------------------------------------------------------------------------- end to end
+
+def _cli_ok(args: list[str]) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_classifier_free_hf_model_trains_reconstructs_and_evaluates(hf_models, tmp_path, one_thread) -> None:
+    """DINOv2 with registers (no classifier): train a few steps, reconstruct from numpy images, evaluate:
+    cosine and FID are reported, top-k is absent (not zero) with a one-line reason."""
+    from featinv.diffusion.model import FeatInv
+    from tests.fixtures_model import make_tiny_images, make_tiny_pixel_base
+
+    base = make_tiny_pixel_base(tmp_path)
+    images = make_tiny_images(tmp_path / "images", count=3, size=40)
+    run = tmp_path / "run"
+    _cli_ok(["train", "--data", str(images), "--out", str(run), "--backbone", f"hf:{hf_models['dinov2_registers']}",
+             "--base", f"pixel:{base}", "--max-steps", "2", "--batch-size", "2", "--num-workers", "0",
+             "--val-steps", "2", "--encoder-option", "hidden=8", "--quiet"])
+    model = FeatInv.from_pretrained(run)
+    assert not model.backbone.has_classifier and model.backbone.knowledge.prefix_tokens == 3
+    rec = model.reconstruct(images=[_photo(), _photo()[..., 0]], seeds=[0, 1], steps=1, progress=False)
+    assert rec.images.shape == (2, 3, 16, 16) and rec.fidelity is not None
+
+    common = ["eval", "--run", str(run), "--data", str(images), "--steps", "1", "--fid", "backbone", "-q"]
+    table = " ".join(_cli_ok(common).split())  # rich wraps long lines
+    assert "top5" not in table and "no classifier head" in table and "FID" in table
+    summary = json.loads(_cli_ok([*common, "--json"]))
+    assert "top5" not in summary and "top1" not in summary and "no classifier head" in summary["topk_note"]
+    assert summary["cosine_sim"]["mean"] is not None and summary["fid"]["value"] is not None
+    markdown = (run / "eval" / "images" / "metrics.md").read_text()
+    assert "| Model | cosine-sim | FID[" in markdown and "top5" not in markdown
+
+
+def test_py_factory_run_keeps_the_preprocessing_given_on_the_cli(py_path, tmp_path, one_thread) -> None:
+    from featinv.diffusion.model import FeatInv
+    from tests.fixtures_model import make_tiny_images, make_tiny_pixel_base
+
+    base = make_tiny_pixel_base(tmp_path)
+    images = make_tiny_images(tmp_path / "images", count=2, size=40)
+    run = tmp_path / "run"
+    _cli_ok(["train", "--data", str(images), "--out", str(run), "--backbone", "py:my_models:build",
+             "--input-size", "32", "--mean", "0.5", "--std", "0.2,0.3,0.4", "--base", f"pixel:{base}",
+             "--max-steps", "1", "--batch-size", "2", "--num-workers", "0", "--val-steps", "1",
+             "--encoder-option", "hidden=8", "--quiet"])
+    model = FeatInv.from_pretrained(run)
+    assert model.backbone.spec == "py:my_models:build" and model.backbone.info.grid == (8, 8)
+    assert model.backbone.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert model.backbone.preprocessing.std == (0.2, 0.3, 0.4)

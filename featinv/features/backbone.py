@@ -383,11 +383,12 @@ def backbone(spec: str | nn.Module, layer: str | None = None, weights: str = "pr
 
 
 def list_layers(spec: str, input_size: int | None = None, weights: str = "none", layer: str | None = None,
-                device: str | torch.device = "cpu") -> tuple[Backbone, list[LayerInfo]]:
+                device: str | torch.device = "cpu", mean: Any = None,
+                std: Any = None) -> tuple[Backbone, list[LayerInfo]]:
     """Every hookable layer of ``spec`` with its NCHW output shape and stride (behind `featinv layers`).
 
     Shapes do not depend on the weights, so random init (no download) is the default. ``layer`` is
     checked (close names suggested) and becomes the backbone's layer.
     """
-    model = backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device)
+    model = backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device, mean=mean, std=std)
     return model, model.layers()
