@@ -247,3 +247,23 @@ def test_py_factory_run_keeps_the_preprocessing_given_on_the_cli(py_path, tmp_pa
     assert model.backbone.spec == "py:my_models:build" and model.backbone.info.grid == (8, 8)
     assert model.backbone.preprocessing.mean == (0.5, 0.5, 0.5)
     assert model.backbone.preprocessing.std == (0.2, 0.3, 0.4)
+
+
+def test_hf_hub_ids_load_from_the_library_cache_and_never_download(hf_models, tmp_path, monkeypatch, capsys) -> None:
+    """``hf:ORG/NAME`` goes through huggingface_hub's cache (laid out here as the hub lays it out); an id
+    that is not cached is a one-line offline error (tests run with HF_HUB_OFFLINE=1)."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--someorg--tiny-vit"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(hf_models["vit"], snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    backbone = featinv.backbone("hf:someorg/tiny-vit")
+    assert backbone.spec == "hf:someorg/tiny-vit" and backbone.info.num_classes == 5
+    code, err = _exit(["layers", "hf:someorg/not-cached"], capsys)
+    assert code == 2 and "could not load the pretrained weights of hf:someorg/not-cached" in err
+    assert err.count("\n") == 1

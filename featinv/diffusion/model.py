@@ -227,7 +227,8 @@ class FeatInv:
 
     @torch.no_grad()  # not inference_mode: the trainer feeds these maps into a graph with gradients
     def features(self, images: Any) -> torch.Tensor:
-        """Backbone feature maps for PIL images or ``[B,3,H,W]`` tensors in [0,1]; pooled if this is a pooled run."""
+        """Backbone feature maps for images of any kind :meth:`Backbone.preprocess` takes (PIL, numpy arrays,
+        ``[B,3,H,W]`` tensors in [0,1], paths, lists of these); pooled if this is a pooled run."""
         x = self.backbone.preprocess(images).to(self.device)
         return self.backbone.features(x, pooled=self.pooled)
 
@@ -277,7 +278,8 @@ class FeatInv:
                     guidance_scale: float | None = None, steps: int = 50, scheduler: str = "ddim",
                     batch_size: int = 16, progress: bool = True, bf16: bool = False,
                     feature_guidance: FeatureGuidance | float = 0.0, fidelity: bool = True) -> Reconstruction:
-        """Sample images whose features should match ``features`` (or those of ``images``).
+        """Sample images whose features should match ``features`` (or those of ``images``: PIL images, numpy
+        arrays, tensors or paths, see :meth:`Backbone.preprocess`).
 
         One seed per sample (or one seed for all); a sample's image depends only on its own features
         and seed, never on the rest of its batch. Images come out at the base resolution; use

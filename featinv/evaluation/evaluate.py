@@ -141,7 +141,7 @@ def load_backbones(specs: Sequence[str], weights: Sequence[str] | None, device: 
     for i, spec in enumerate(specs):
         w = weights[i] if len(weights) == len(specs) else (weights[0] if weights else "pretrained")
         out[spec] = make_backbone(spec, weights=w, device=device)
-        out[spec].require_classifier("top-5/top-1 match under --evaluate-with")
+        out[spec].require_classifier("top-5/top-1 match")  # judging backbones score by class
     return out
 
 
