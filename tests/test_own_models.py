@@ -95,6 +95,7 @@ def test_numpy_images_reach_analyses_training_and_concepts() -> None:
     named = as_images([rgb, ("cat", rgb / 255.0), Image.fromarray(rgb)])
     assert [item.name for item in named] == ["image0", "cat", "image2"]
     assert all(np.array_equal(np.asarray(item.image), rgb) for item in named)
+    assert len(as_images(np.stack([rgb, rgb]))) == 2  # a B×H×W×C batch
     assert len(load_training_images([rgb, rgb[..., 0]]).items) == 2
     items, description = _image_items([rgb, rgb], None)
     assert len(items) == 2 and description == "2 images"

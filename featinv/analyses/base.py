@@ -131,6 +131,8 @@ def as_images(images: Any, what: str = "images") -> list[NamedImage]:
 
     if images is None:
         raise FeatinvError(f"no {what} given; pass an image file, a folder or PIL images")
+    if getattr(images, "ndim", 0) == 4 and is_image_object(images):  # a B×H×W×C numpy batch
+        images = list(images)
     if isinstance(images, (str, os.PathLike, NamedImage)) or is_image_object(images) or _is_named_pair(images):
         images = [images]
     items: list[NamedImage] = []

@@ -11,9 +11,11 @@ mean/std, resample) and the classifier head, when there is one, gives the logits
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +70,20 @@ def _vision_part(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" bar from transformers (featinv prints its own progress); restored after."""
+    from transformers.utils import logging
+
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
 def _load(spec: str, source: str, local: bool, weights: str) -> nn.Module:
     import transformers
 
@@ -81,7 +97,8 @@ def _load(spec: str, source: str, local: bool, weights: str) -> nn.Module:
     cls = _model_class(config)
     if weights == "pretrained":
         try:
-            return cls.from_pretrained(source)
+            with _quiet_loading():
+                return cls.from_pretrained(source)
         except Exception as exc:
             if local:
                 raise FeatinvError(f"{spec}: cannot load the model ({type(exc).__name__}: "
