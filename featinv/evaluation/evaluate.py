@@ -141,17 +141,17 @@ def load_backbones(specs: Sequence[str], weights: Sequence[str] | None, device: 
 
 
 def _feature_space(choice: str, model_backbone: Any, device: str) -> Any:
-    from featinv.evaluation import metrics
+    from featinv.evaluation import fid as fid_metrics
 
-    if choice == "auto" and metrics.find_inception_weights() is None:
+    if choice == "auto" and fid_metrics.find_inception_weights() is None:
         try:
             from featinv.features.backbone import backbone as make_backbone
 
             substitute = make_backbone(SUBSTITUTE_SPEC, device=device)
         except (FeatinvError, ImportError, OSError):
             substitute = model_backbone
-        return metrics.backbone_feature_space(substitute)
-    return metrics.resolve_feature_space(choice, backbone=model_backbone, device=device)
+        return fid_metrics.backbone_feature_space(substitute)
+    return fid_metrics.resolve_feature_space(choice, backbone=model_backbone, device=device)
 
 
 def _model_label(model: Any, run: Any) -> str:
@@ -384,15 +384,15 @@ def _add_distribution_scores(summary: dict[str, Any], space: Any, sources: Seque
 def _distribution_scores(space: Any, sources: Sequence[SourceImage], rows: list[dict[str, Any]],
                          generated: Iterable[Image.Image], resolution: int, kid_subset_size: int) -> dict[str, Any]:
     """FID and KID between the originals of ``rows`` and the reconstructions, in ``space``."""
-    from featinv.evaluation import metrics
+    from featinv.evaluation import fid as fid_metrics
 
     by_name = {s.name: s for s in sources}
     done_sources = list(dict.fromkeys(r["source"] for r in rows))
     fa = _embed(space, (by_name[n].image() for n in done_sources), resolution)
     fb = _embed(space, generated, resolution)
-    fid = {"label": space.fid_label, "value": _finite(metrics.frechet_distance(fa, fb)), "space": space.name,
+    fid = {"label": space.fid_label, "value": _finite(fid_metrics.frechet_distance(fa, fb)), "space": space.name,
            "n_real": len(fa), "n_generated": len(fb)}
-    kid_mean, kid_std = metrics.kernel_distance(fa, fb, subset_size=kid_subset_size, n_subsets=100)
+    kid_mean, kid_std = fid_metrics.kernel_distance(fa, fb, subset_size=kid_subset_size, n_subsets=100)
     return {"fid": fid, "kid": {"label": space.kid_label, "mean": kid_mean, "std": kid_std, "space": space.name}}
 
 
