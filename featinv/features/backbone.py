@@ -12,7 +12,6 @@ number of prefix tokens -- :func:`to_nchw` turns it into ``[B, C, h, w]`` in row
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -21,12 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featinv.errors import FeatinvError, closest
+from featinv.features.info import IMAGENET_MEAN, IMAGENET_STD, FeatureInfo, LayerInfo, Preprocessing
 from featinv.features.layout import (
     Layout,
     ModelKnowledge,
     NoSpatialGrid,
     capture,
     grid_stride,
+    module_knowledge,
     pool_features,
     record_all,
     resolve_layout,
@@ -35,6 +36,8 @@ from featinv.features.layout import (
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "Backbone",
     "FeatureInfo",
     "LayerInfo",
@@ -48,50 +51,6 @@ __all__ = [
     "resolve_layout",
     "to_nchw",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class FeatureInfo:
-    """What a backbone's chosen layer produces at the backbone's input size."""
-
-    spec: str
-    layer: str
-    channels: int
-    grid: tuple[int, int]
-    stride: int
-    input_size: tuple[int, int]
-    num_classes: int
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One hookable module: its output as NCHW ``shape`` (C, h, w) and stride, or why it has no grid."""
-
-    path: str
-    type: str
-    shape: tuple[int, int, int] | None
-    stride: int | None
-    layout: str  # "NCHW", "NHWC", "tokens+K" (K prefix tokens) or the reason there is no grid
-    is_default: bool = False
-
-    @property
-    def spatial(self) -> bool:
-        """Whether the layer has a spatial grid (and can be used as a feature layer)."""
-        return self.shape is not None
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The model's own input config: size (H, W), mean/std and resize interpolation."""
-
-    input_size: tuple[int, int]
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"  # "bilinear" | "bicubic" | "nearest"
-
 
 # ----------------------------------------------------------------------------------------- backbone
 
@@ -117,6 +76,30 @@ class Backbone:
         self._default_layer: str | None = None
         self.layer = self._check_layer(layer) if layer is not None else self.default_layer
         self.info = self._probe_info()
+
+    @classmethod
+    def from_module(cls, module: nn.Module, layer: str | None = None, *, input_size: Any = None, mean: Any = None,
+                    std: Any = None, interpolation: str = "bilinear", patch_size: Any = None, prefix_tokens: int = 0,
+                    channels_last: bool = False, classifier: bool = True, spec: str | None = None,
+                    weights: str = "none", device: str | torch.device = "cpu") -> Backbone:
+        """Wrap a user's ``nn.Module`` (frozen, eval mode) cut at ``layer`` (None: the input of its last global pooling).
+
+        ``input_size`` (default 224), ``mean``/``std`` (default ImageNet) and ``interpolation`` are its
+        preprocessing; ``patch_size`` and ``prefix_tokens`` describe token outputs ``[B, N, C]`` (a ViT with a
+        class token: ``patch_size=16, prefix_tokens=1``); ``channels_last`` marks NHWC 4-D outputs;
+        ``classifier=False`` says a 2-D output is an embedding, not class logits.
+        """
+        from featinv.validation import check_choice, check_image_size, check_normalisation
+
+        if not isinstance(module, nn.Module):
+            raise FeatinvError(f"expected a torch.nn.Module to wrap, got {type(module).__name__}")
+        check_choice(interpolation, "interpolation", ("bilinear", "bicubic", "nearest"))
+        norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, **check_normalisation(mean, std)}
+        prep = Preprocessing(check_image_size(input_size if input_size is not None else 224, "input_size"),
+                             interpolation=interpolation, **norm)
+        knowledge = module_knowledge(patch_size, prefix_tokens, channels_last, classifier)
+        name = spec or f"module:{type(module).__module__}.{type(module).__qualname__}"
+        return cls(name, module, layer, prep, knowledge, device=device, weights=weights)
 
     @property
     def default_layer(self) -> str:
@@ -353,13 +336,12 @@ def backbone(spec: str | nn.Module, layer: str | None = None, weights: str = "pr
     ``mean``/``std`` replace the model's normalisation. For a module, ``module_options`` are
     :func:`featinv.features.custom.wrap_module`'s (``patch_size``, ``prefix_tokens``, ``classifier``...).
     """
-    from featinv.validation import check_device
+    from featinv.validation import check_device, check_normalisation
 
+    check_device(device)  # before any model is built: a missing GPU is one line, not a driver error
     if isinstance(spec, nn.Module):
-        from featinv.features.custom import wrap_module
-
-        check_device(device)
-        return wrap_module(spec, layer, input_size=input_size, mean=mean, std=std, device=device, **module_options)
+        return Backbone.from_module(spec, layer, input_size=input_size, mean=mean, std=std, device=device,
+                                    **module_options)
     if not isinstance(spec, str) or not spec:
         raise FeatinvError("backbone spec must be a string like timm:convnext_base or torchvision:resnet50, "
                            "or a torch.nn.Module")
@@ -368,15 +350,12 @@ def backbone(spec: str | nn.Module, layer: str | None = None, weights: str = "pr
                            f"not to the spec {spec}")
     from featinv.registry import create_backbone
 
-    check_device(device)  # before any model is built: a missing GPU is one line, not a driver error
     extra = {"mean": mean, "std": std} if spec.startswith("py:") else {}
     model = create_backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device, **extra)
     if mean is not None or std is not None:
         from dataclasses import replace
 
-        from featinv.features.custom import normalisation
-
-        given = normalisation(mean, std)
+        given = check_normalisation(mean, std)
         model.preprocessing = replace(model.preprocessing, **given)
         model.overrides = {key: list(value) for key, value in given.items()}  # recorded in a run's config
     return model

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from featinv.errors import FeatinvError
 
-__all__ = ["Layout", "ModelKnowledge", "NoSpatialGrid", "capture", "pool_features", "record_all", "resolve_layout",
-           "to_nchw"]
+__all__ = ["Layout", "ModelKnowledge", "NoSpatialGrid", "capture", "module_knowledge", "pool_features", "record_all",
+           "resolve_layout", "to_nchw"]
 
 
 @dataclass
@@ -65,6 +65,40 @@ class ModelKnowledge:
     def layer_output(self, output: Any) -> Any:
         """The feature tensor inside a layer's raw hook output (the output itself unless ``unwrap`` says)."""
         return output if self.unwrap is None else self.unwrap(output)
+
+
+def module_knowledge(patch_size: Any = None, prefix_tokens: int = 0, channels_last: bool = False,
+                     classifier: bool = True) -> ModelKnowledge:
+    """What a user says about a plain ``nn.Module`` (nobody else knows): its patch size and prefix tokens for
+    token outputs, NHWC outputs, and whether a 2-D output is class logits; the default layer is the input
+    of its last global pooling."""
+    from featinv.validation import check_image_size
+
+    patch_grid = None
+    if patch_size is not None:
+        ph, pw = check_image_size(patch_size, "patch_size") if not isinstance(patch_size, int) else (patch_size,) * 2
+
+        def patch_grid(hw: tuple[int, int]) -> tuple[int, int]:
+            return hw[0] // ph, hw[1] // pw
+    if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 0:
+        raise FeatinvError(f"prefix_tokens must be a non-negative integer, got {prefix_tokens!r}")
+    return ModelKnowledge(prefix_tokens=prefix_tokens, patch_grid=patch_grid,
+                          channels_last=lambda path: bool(channels_last), pre_pool=_global_pool_input,
+                          logits_of=None if classifier else (lambda output: None))
+
+
+def _global_pool_input(model: nn.Module, x: Tensor) -> Tensor | None:
+    """The tensor the model's last adaptive (global) pooling receives (None: the model has none, so the
+    default layer is the last top-level module with a grid)."""
+    pools = [m for m in model.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+    store: dict[str, Tensor] = {}
+    handle = pools[-1].register_forward_pre_hook(lambda _m, inputs: store.__setitem__("x", inputs[0])) if pools else None
+    try:
+        model(x)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return store.get("x")
 
 
 @dataclass(frozen=True)
