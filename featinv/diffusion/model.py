@@ -244,18 +244,22 @@ class FeatInv:
     # ---- training ------------------------------------------------------------------------------
     def training_loss(self, features: torch.Tensor, images01: torch.Tensor, drop: torch.Tensor,
                       generator: torch.Generator | None = None,
-                      consistency: FeatureConsistency | None = None) -> torch.Tensor:
+                      consistency: FeatureConsistency | None = None,
+                      moments: torch.Tensor | None = None) -> torch.Tensor:
         """Noise-prediction (or v) MSE of the ControlNet-steered UNet.
 
         ``drop[i]`` zeroes sample i's feature map and empties its prompt (the paper drops 15%), which
         teaches the unconditional branch used by classifier-free guidance. An active ``consistency`` adds
         the feature-consistency term (:mod:`featinv.diffusion.consistency`); without it the loss is the paper's.
+        ``moments`` (``base.encode_moments(images01)``, cached by ``--cache-latents``) skips the VAE encoder;
+        the latent is then drawn from them with the same generator, so the loss is the one without a cache.
         """
         base = self.base
         drop = torch.as_tensor(drop, dtype=torch.bool, device=self.device).reshape(-1)
         features = self._conditioning(features) * (~drop).to(torch.float32)[:, None, None, None]
         with torch.no_grad():
-            latents = base.encode(images01, generator=generator)
+            latents = (base.encode(images01, generator=generator) if moments is None
+                       else base.sample_latents(moments.to(self.device), generator=generator))
         scheduler = base.make_scheduler("ddpm")
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
         t = torch.randint(0, base.num_train_timesteps, (latents.shape[0],), generator=generator).to(self.device)
