@@ -18,7 +18,13 @@ from featinv.training.checkpoint import load_checkpoint
 from featinv.training.config import TrainConfig
 from featinv.training.loop import train, training_status
 from featinv.training.speed import SpeedSettings, adamw_options, fused_adamw_supported, resolve_speed
-from tests.fixtures_model import TINY_BACKBONE, TINY_INPUT_SIZE, make_tiny_images, make_tiny_pixel_base, make_tiny_sd
+from tests.fixtures_model import (
+    TINY_BACKBONE,
+    TINY_INPUT_SIZE,
+    make_tiny_images,
+    make_tiny_pixel_base,
+    make_tiny_sd,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,13 +52,16 @@ def losses_and_weights(cfg: TrainConfig) -> tuple[list[float], dict[str, torch.T
     return losses, load_checkpoint(out / "checkpoints").params
 
 
-def assert_close(a, b, rtol: float, atol: float) -> None:
+def assert_close(a, b, rtol: float, atol: float, weight_atol: float | None = None) -> None:
+    """Losses within (rtol, atol); trained weights within ``weight_atol`` (default: atol). AdamW's update is
+    about lr·sign(gradient) wherever a gradient is tiny, so a rounding difference in a near-zero gradient may
+    move a weight by up to lr per step: layouts that round differently are held to a few lr's."""
     la, wa = a
     lb, wb = b
     assert torch.allclose(torch.tensor(la), torch.tensor(lb), rtol=rtol, atol=atol), (la, lb)
     assert wa.keys() == wb.keys()
     for name in wa:
-        assert torch.allclose(wa[name].float(), wb[name].float(), rtol=rtol, atol=atol), name
+        assert torch.allclose(wa[name].float(), wb[name].float(), rtol=rtol, atol=weight_atol or atol), name
 
 
 def test_auto_is_a_no_op_on_a_cpu_and_turns_each_remedy_on_for_cuda():
@@ -86,7 +95,7 @@ def test_bad_speed_values_are_one_line_errors(assets, tmp_path, kw, message):
 def test_channels_last_matches_the_plain_layout(assets, tmp_path):
     plain = losses_and_weights(config(assets, tmp_path / "plain"))
     nhwc = losses_and_weights(config(assets, tmp_path / "nhwc", channels_last=True))
-    assert_close(plain, nhwc, rtol=1e-4, atol=1e-6)
+    assert_close(plain, nhwc, rtol=1e-4, atol=1e-6, weight_atol=2 * FAST["lr"])
 
 
 def test_optimizer_implementations_match(assets, tmp_path):
@@ -104,7 +113,7 @@ def test_frozen_networks_in_bf16_match_fp32_weights_within_bf16_tolerance(assets
     out = tmp_path / "bf16"
     bf16 = losses_and_weights(config(assets, out, mixed_precision="bf16", frozen_precision="bf16",
                                      cache_features=False))
-    assert_close(fp32, bf16, rtol=3e-2, atol=1e-3)
+    assert_close(fp32, bf16, rtol=3e-2, atol=1e-3, weight_atol=3 * FAST["lr"])
     stored = load_checkpoint(out / "checkpoints").state["fingerprint"]
     assert stored["frozen_precision"] == "bf16"
     assert "frozen_precision" not in load_checkpoint(tmp_path / "fp32" / "checkpoints").state["fingerprint"]
@@ -148,7 +157,7 @@ def test_cache_latents_with_a_vae_matches_encoding_every_step(assets, tmp_path):
     sd = f"sd:{assets['sd']}"
     plain = losses_and_weights(config(assets, tmp_path / "plain", base=sd))
     cached = losses_and_weights(config(assets, tmp_path / "latents", base=sd, cache_latents=True))
-    assert_close(plain, cached, rtol=1e-4, atol=1e-6)
+    assert_close(plain, cached, rtol=1e-4, atol=1e-6, weight_atol=2 * FAST["lr"])
 
 
 def test_training_cli_takes_the_speed_options(assets, tmp_path):
