@@ -102,7 +102,7 @@ def test_optimizer_implementations_match(assets, tmp_path):
     plain = losses_and_weights(config(assets, tmp_path / "plain"))
     for impl in ("fused", "foreach", "loop"):
         assert_close(plain, losses_and_weights(config(assets, tmp_path / impl, optimizer_impl=impl)),
-                     rtol=1e-5, atol=1e-6)
+                     rtol=1e-5, atol=1e-6, weight_atol=2 * FAST["lr"])
 
 
 def test_frozen_networks_in_bf16_match_fp32_weights_within_bf16_tolerance(assets, tmp_path):
