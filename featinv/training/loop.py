@@ -15,9 +15,8 @@ result; the settings are in :mod:`featinv.training.config`. The loop adds everyt
 
 :func:`run_training` reads as its steps: set up (and resume), the data loader, then per step one
 optimisation step, logging, validation and checkpoints, and finally finishing or stopping cleanly.
-(Slightly over 400 lines: set-up, resume, the step and the clean stop share the run's state and read best in
-one place; the run's files live in :mod:`featinv.training.run`, the speed settings in
-:mod:`featinv.training.speed`.)
+(Just over 400 lines: the loop and the small pieces only it uses — stop request, accelerator, lr lambda;
+the run's files live in :mod:`featinv.training.run`, the speed settings in :mod:`featinv.training.speed`.)
 """
 
 from __future__ import annotations
