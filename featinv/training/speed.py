@@ -41,6 +41,7 @@ class SpeedSettings:
     compile_mode: str | None = None
 
     def adamw_kwargs(self) -> dict[str, bool]:
+        """The keyword arguments for ``torch.optim.AdamW`` (kept as a tuple so the settings stay hashable)."""
         return dict(self.optimizer)
 
     def describe(self) -> dict[str, Any]:
