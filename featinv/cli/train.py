@@ -15,9 +15,11 @@ from featinv.cli.options import (
     DataDir,
     InputSize,
     Layer,
+    Mean,
     OutDir,
     Pooled,
     Quiet,
+    Std,
     Weights,
     parse_options,
 )
@@ -93,6 +95,8 @@ def train(
     encoder_option: EncoderOptions = None,
     weights: Weights = "pretrained",
     input_size: InputSize = None,
+    mean: Mean = None,
+    std: Std = None,
     epochs: Epochs = 3.0,
     max_steps: MaxSteps = None,
     batch_size: TrainBatch = 8,
@@ -145,6 +149,10 @@ def train(
     from featinv.training.loop import train as run
 
     values = dict(locals())
+    if mean is not None or std is not None:  # a built backbone carries them into the run's config
+        from featinv.features.backbone import backbone as make_backbone
+
+        backbone = make_backbone(backbone, layer=layer, weights=weights, input_size=input_size, mean=mean, std=std)
     encoder_kwargs = parse_options(encoder_option, option="--encoder-option", example="hidden=256") or None
     config = TrainConfig(**loop_kwargs(values), backbone=backbone, base=base, layer=layer, pooled=pooled,
                          encoder=encoder, encoder_kwargs=encoder_kwargs, backbone_weights=weights, input_size=input_size,

@@ -67,8 +67,11 @@ def _backbone_entry(bb: Any, weights: str) -> dict[str, Any]:
     info = bb.info
     if weights not in ("pretrained", "none") and Path(weights).exists():
         weights = str(Path(weights).resolve())
-    return {"spec": bb.spec, "layer": bb.layer, "weights": weights, "input_size": list(info.input_size),
-            "channels": int(info.channels), "grid": list(info.grid)}
+    entry = {"spec": bb.spec, "layer": bb.layer, "weights": weights, "input_size": list(info.input_size),
+             "channels": int(info.channels), "grid": list(info.grid)}
+    if getattr(bb, "overrides", None):  # a user-given mean/std, so the run rebuilds the same preprocessing
+        entry["preprocessing"] = dict(bb.overrides)
+    return entry
 
 
 def _check_backbone(bb: Any, expected: dict[str, Any], run: str) -> None:
@@ -156,7 +159,8 @@ class FeatInv:
 
             size = entry.get("input_size")
             backbone = make_backbone(entry["spec"], layer=entry["layer"], weights=entry.get("weights", "pretrained"),
-                                     input_size=int(size[0]) if size else None, device=device)
+                                     input_size=int(size[0]) if size else None, device=device,
+                                     **entry.get("preprocessing", {}))
         _check_backbone(backbone, entry, str(run_dir))
         base_obj = load_base(base if base is not None else config["base"]["spec"], device=device)
         _check_base(base_obj, config["base"], str(run_dir))
@@ -237,7 +241,8 @@ class FeatInv:
 
     @torch.no_grad()  # not inference_mode: the trainer feeds these maps into a graph with gradients
     def features(self, images: Any) -> torch.Tensor:
-        """Backbone feature maps for PIL images or ``[B,3,H,W]`` tensors in [0,1]; pooled if this is a pooled run."""
+        """Backbone feature maps for images of any kind :meth:`Backbone.preprocess` takes (PIL, numpy arrays,
+        ``[B,3,H,W]`` tensors in [0,1], paths, lists of these); pooled if this is a pooled run."""
         x = self.backbone.preprocess(images).to(self.device)
         return self.backbone.features(x, pooled=self.pooled)
 
@@ -291,7 +296,8 @@ class FeatInv:
                     guidance_scale: float | None = None, steps: int = 50, scheduler: str = "ddim",
                     batch_size: int | str = 16, progress: bool = True, bf16: bool = False,
                     feature_guidance: FeatureGuidance | float = 0.0, fidelity: bool = True) -> Reconstruction:
-        """Sample images whose features should match ``features`` (or those of ``images``).
+        """Sample images whose features should match ``features`` (or those of ``images``: PIL images, numpy
+        arrays, tensors or paths, see :meth:`Backbone.preprocess`).
 
         One seed per sample (or one seed for all); a sample's image depends only on its own features
         and seed, never on the rest of its batch. Images come out at the base resolution; use
