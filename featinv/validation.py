@@ -8,8 +8,8 @@ from typing import Any
 
 from featinv.errors import FeatinvError
 
-__all__ = ["check_count", "check_device", "check_finite", "check_guidance", "check_number", "check_seeds",
-           "check_steps"]
+__all__ = ["check_count", "check_device", "check_finite", "check_guidance", "check_images", "check_number",
+           "check_seeds", "check_steps"]
 
 def check_guidance(value: Any, name: str = "guidance scale") -> float:
     """A finite guidance scale >= 0 (1 = conditional branch only; below 1 leans toward unconditional)."""
@@ -75,6 +75,24 @@ def check_finite(tensor: Any, what: str, fix: str) -> None:
     if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise FeatinvError(f"{what} contain {bad} NaN or infinite values; {fix}")
+
+
+def check_images(images: Any, seeds: Any, fix: str) -> None:
+    """Refuse generated images ``[N, 3, H, W]`` that hold NaN/infinite values or are one flat colour.
+
+    Such images come from broken weights, an absurd guidance scale or overflowing feature maps; saved as
+    PNGs they would be black or white squares that a rerun skips as finished and metrics average in.
+    """
+    import torch
+
+    flat = images.detach().reshape(images.shape[0], -1)
+    finite = torch.isfinite(flat).all(dim=1)
+    constant = flat.amax(dim=1) == flat.amin(dim=1)
+    for i in range(flat.shape[0]):
+        if not finite[i] or constant[i]:
+            what = "NaN or infinite values" if not finite[i] else "one flat colour"
+            raise FeatinvError(f"reconstruction {i} (seed {seeds[i]}) came out as {what}, so it is not kept as "
+                               f"finished work; {fix}")
 
 
 def check_steps(steps: Any, limit: int = 1000, name: str = "steps") -> int:

@@ -26,7 +26,14 @@ from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, fidelity
 from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, read_json, write_json
-from featinv.validation import check_count, check_finite, check_guidance, check_seeds, check_steps
+from featinv.validation import (
+    check_count,
+    check_finite,
+    check_guidance,
+    check_images,
+    check_seeds,
+    check_steps,
+)
 
 CONFIG_NAME = "config.json"
 #: optional per-position norms of the training feature maps, read with the run (out-of-distribution checks)
@@ -35,6 +42,9 @@ CONTROLNET_DIR = "controlnet"
 FORMAT = "featinv-run"
 FORMAT_VERSION = 1
 DEFAULT_GUIDANCE = {False: 1.75, True: 8.0}  # paper / official code: unpooled 1.75, pooled 8
+#: what to check when sampling yields NaN or flat images (see :func:`~featinv.validation.check_images`)
+_BROKEN_OUTPUT_FIX = ("check the run's weights (restore or retrain them), the guidance scale (e.g. 1.75) and the feature "
+                      "maps (finite, of the size the backbone gives)")
 _BASE_KEYS = ("latent_channels", "latent_size", "first_block_width", "cross_attention_dim")
 
 
@@ -314,6 +324,7 @@ class FeatInv:
                                   seeds[start:start + b], latent_shape, steps=steps, guidance_scale=guidance,
                                   bf16=bf16, on_step=advance, feature_guidance=steering, target=target)
                 decoded = self.base.decode(latents)
+                check_images(decoded, seeds[start:start + b], _BROKEN_OUTPUT_FIX)
                 if fidelity:
                     scores.append(fidelity_scores(self.backbone, decoded, feats, self.pooled))
                 outputs.append(decoded.cpu())

@@ -419,7 +419,8 @@ def _read_indexes(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> d
         if stored.get("feature_guidance") != settings["feature_guidance"]:  # missing (older index) = off
             raise FeatinvError(refusal(["feature_guidance"]))
         for key, row in _index(path, settings).load(refusal).items():
-            if all(spec in row.get("cross", {}) for spec in settings["evaluate_with"]):
+            # a row scored NaN (broken weights, before such outputs were refused) is redone, not averaged in
+            if all(spec in row.get("cross", {}) for spec in settings["evaluate_with"]) and _finite(row.get("cosine")) is not None:
                 rows[key] = row
     return rows
 
