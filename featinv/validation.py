@@ -3,12 +3,19 @@ anything is written, and every command and API call checks a value the same way.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from featinv.errors import FeatinvError
 
-__all__ = ["check_count", "check_device", "check_finite", "check_guidance", "check_images", "check_number",
+#: bounds the CLI options and the API share (a value beyond them is a typo or would never finish)
+MAX_INPUT_SIZE = 4096   # backbone input pixels per side: 4096² is 16 megapixels per image already
+MAX_EPOCHS = 100_000.0  # training passes; ``inf`` would be a loop without end
+
+__all__ = ["MAX_EPOCHS", "MAX_INPUT_SIZE", "Field", "check_count", "check_device", "check_fields", "check_finite", "check_guidance", "check_images", "check_number",
            "check_seeds", "check_steps"]
 
 def check_guidance(value: Any, name: str = "guidance scale") -> float:
@@ -123,3 +130,58 @@ def check_number(value: Any, name: str, low: float = 0.0, high: float | None = N
         bound = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
         raise FeatinvError(f"{name} must be a finite number {bound}, got {value!r}")
     return number
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a JSON file featinv reads back (a run's ``config.json``): its kind and whether it must exist.
+
+    ``kind``: ``str``, ``bool``, ``int`` (>= ``low``), ``number`` (finite, >= ``low``), ``pair`` (two integers
+    >= ``low``), ``object`` (checked against ``fields``) or ``any``. ``nullable`` also accepts ``null``.
+    """
+
+    kind: str
+    required: bool = False
+    low: float = 0
+    nullable: bool = False
+    fields: Mapping[str, Field] | None = None
+
+
+def _kind_error(field: Field, value: Any) -> str | None:
+    """What ``value`` should have been, or None when it fits ``field``."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_number = (is_int or isinstance(value, float)) and math.isfinite(value)
+    if value is None and field.nullable:
+        return None
+    expected = {
+        "str": ("a string", isinstance(value, str)),
+        "bool": ("true or false", isinstance(value, bool)),
+        "int": (f"an integer >= {field.low:g}", is_int and value >= field.low),
+        "number": (f"a finite number >= {field.low:g}", is_number and value >= field.low),
+        "pair": (f"a list of two integers >= {field.low:g}", isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= field.low for v in value)),
+        "object": ("an object", isinstance(value, dict)),
+        "any": ("anything", True),
+    }[field.kind]
+    return None if expected[1] else expected[0]
+
+
+def check_fields(data: Any, fields: Mapping[str, Field], where: str, fix: str, prefix: str = "") -> dict[str, Any]:
+    """Check a JSON object key by key: a missing key, a value of the wrong kind (``"pooled": "no"``) or an
+    unknown key is one line naming the key, what it must be and the ``fix``; returns ``data``."""
+    if not isinstance(data, dict):
+        raise FeatinvError(f"{where}: {prefix.rstrip('.') or 'the file'} must be a JSON object; {fix}")
+    unknown = [key for key in data if key not in fields]
+    if unknown:
+        raise FeatinvError(f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(fields)}); remove it or {fix}")
+    for key, field in fields.items():
+        if key not in data:
+            if field.required:
+                raise FeatinvError(f"{where} is incomplete: key '{prefix}{key}' is missing; {fix}")
+            continue
+        problem = _kind_error(field, data[key])
+        if problem is not None:
+            raise FeatinvError(f"{where}: '{prefix}{key}' must be {problem}, got {json.dumps(data[key])}; {fix}")
+        if field.kind == "object" and field.fields is not None:
+            check_fields(data[key], field.fields, where, fix, prefix=f"{prefix}{key}.")
+    return data

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from featinv.errors import FeatinvError
+from featinv.validation import MAX_INPUT_SIZE
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -48,7 +49,8 @@ def parse_options(items: list[str] | None, option: str = "--option", example: st
 BackboneSpec = Annotated[str, typer.Option("--backbone", "-b", help="Backbone spec, e.g. timm:convnext_base or torchvision:resnet50.")]
 Layer = Annotated[str | None, typer.Option("--layer", "-l", help="Module path of the layer (default: last spatial map). See `featinv layers SPEC`.")]
 Weights = Annotated[str, typer.Option("--weights", help="Backbone weights: pretrained, none, or a local .pth/.pt/.safetensors file.")]
-InputSize = Annotated[int | None, typer.Option("--input-size", min=8, help="Backbone input size in pixels (default: the model's own).")]
+InputSize = Annotated[int | None, typer.Option("--input-size", min=8, max=MAX_INPUT_SIZE, help="Backbone input size in "
+                                              "pixels (default: the model's own).")]
 BaseSpec = Annotated[str, typer.Option("--base", help="Diffusion base: sd:PATH_OR_HUB_ID or pixel:DIR.")]
 RunDir = Annotated[Path, typer.Option("--run", help="A FeatInv run folder (written by `featinv train`).")]
 DataDir = Annotated[Path, typer.Option("--data", help="Image folder (recursive; ImageNet layout works).")]

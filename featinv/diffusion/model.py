@@ -23,6 +23,7 @@ from featinv.diffusion.consistency import FeatureConsistency
 from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
 from featinv.diffusion.encoders import build_encoder
 from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, fidelity_scores
+from featinv.diffusion.run_config import FORMAT, FORMAT_VERSION, check_run_config
 from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, read_json, write_json
@@ -39,8 +40,6 @@ CONFIG_NAME = "config.json"
 #: optional per-position norms of the training feature maps, read with the run (out-of-distribution checks)
 FEATURE_NORMS_FILE = "feature_norms.json"
 CONTROLNET_DIR = "controlnet"
-FORMAT = "featinv-run"
-FORMAT_VERSION = 1
 DEFAULT_GUIDANCE = {False: 1.75, True: 8.0}  # paper / official code: unpooled 1.75, pooled 8
 #: what to check when sampling yields NaN or flat images (see :func:`~featinv.validation.check_images`)
 _BROKEN_OUTPUT_FIX = ("check the run's weights (restore or retrain them), the guidance scale (e.g. 1.75) and the feature "
@@ -153,14 +152,8 @@ class FeatInv:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FeatinvError(f"run folder {run_dir} does not exist; pass a folder written by `featinv train`")
-        config = read_json(run_dir / CONFIG_NAME, what="FeatInv run config")
-        if not isinstance(config, dict) or config.get("format") != FORMAT:
-            raise FeatinvError(f"{run_dir / CONFIG_NAME} is not a FeatInv run config; pass a folder written by `featinv train`")
-        entry, base_entry = config.get("backbone"), config.get("base")
-        if not (isinstance(entry, dict) and isinstance(base_entry, dict)
-                and all(k in entry for k in ("spec", "layer", "channels", "grid")) and "spec" in base_entry):
-            raise FeatinvError(f"{run_dir / CONFIG_NAME} is incomplete (backbone or base entry missing); restore it "
-                               "or retrain the run")
+        config = check_run_config(read_json(run_dir / CONFIG_NAME, what="FeatInv run config"), run_dir / CONFIG_NAME)
+        entry = config["backbone"]
         if backbone is None:
             from featinv.features.backbone import backbone as make_backbone
 

@@ -336,9 +336,11 @@ def backbone(spec: str, layer: str | None = None, weights: str = "pretrained", i
 
     if not isinstance(spec, str) or not spec:
         raise FeatinvError("backbone spec must be a string like timm:convnext_base or torchvision:resnet50")
-    from featinv.validation import check_device
+    from featinv.validation import MAX_INPUT_SIZE, check_count, check_device
 
     check_device(device)  # before any model is built: a missing GPU is one line, not a driver error
+    if input_size is not None:
+        check_count(input_size, "input size", low=8, high=MAX_INPUT_SIZE)
     return create_backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device)
 
 
