@@ -209,7 +209,7 @@ def evaluate(
     steering = FeatureGuidance.of(feature_guidance)
     guidance_scale = _checked_sampling(guidance_scale, batch_size)
     sources = collect_sources(data, per_class)
-    rank, world, barrier = process_group()
+    rank, world, barrier = process_group(device)
     if world > 1 and device == "cuda":  # one GPU per process under accelerate launch / torchrun
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     model = load_model(run, device)
