@@ -5,6 +5,7 @@ on the CPU (gloo), running ``featinv`` on tiny saved models.
   logs every step once and ends with weights byte-identical to an uninterrupted two-process run; a resume
   with another world size is refused with one line (the data order depends on it).
 - evaluation: sharded over two processes it gives the same rows and the same PNGs as one process.
+- reconstruction does not share work, so it refuses to start as one of several processes.
 
 What the code does not promise, and these tests do not claim: two processes do not reproduce one process
 with the same global batch (the noise and dropout of each micro-batch are drawn per rank). ``accelerate
@@ -174,3 +175,15 @@ def test_sharded_eval_over_two_processes_equals_one_process(assets, tmp_path, ca
     assert len(sharded_rows) == 4 and {json.dumps(r, sort_keys=True) for r in sharded_rows} == rows
     assert {p.name: p.read_bytes() for p in (sharded / "images").glob("*.png")} == \
         {p.name: p.read_bytes() for p in (single / "images").glob("*.png")}
+
+
+def test_reconstruct_started_as_one_of_several_processes_is_refused(assets, tmp_path, monkeypatch):
+    """reconstruct does not share work: under a launcher every process would redo every image into one folder."""
+    from featinv.apps.reconstruct_folder import reconstruct_images
+    from featinv.errors import FeatinvError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(FeatinvError, match="reconstruct runs in one process"):
+        reconstruct_images(assets["run"], assets["images"], tmp_path / "out", steps=1, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -178,6 +178,10 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
 def _checked_arguments(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], seeds: Sequence[int],
                        batch_size: int, steps: int) -> tuple[list[str | os.PathLike[str]], list[int]]:
     """The inputs as a list and the seeds as ints, after failing fast on arguments that cannot work."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would redo every image into one folder
+        raise FeatinvError("reconstruct runs in one process, but this one was started as one of several "
+                           "(torchrun / accelerate launch); run it without a launcher (--batch-size uses one "
+                           "device fully), or use `featinv eval`, which shares its work across processes")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise FeatinvError("no seeds given; pass e.g. --seeds 0,1,2")
