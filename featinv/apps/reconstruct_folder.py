@@ -1,10 +1,10 @@
 """Reconstruct image files with a trained FeatInv run: PNGs plus a JSON index, resumable.
 
 Each (image, seed) pair becomes ``<name>_s<seed>.png`` in the output folder (``a_png``/``a_jpg`` for two
-images named ``a``). ``index.json`` records the
-run, the sampling settings and every output; it is rewritten (atomically) after each batch, and a rerun
-skips outputs that already exist, so an interrupted run picks up where it stopped. A rerun with other
-sampling settings is refused unless ``overwrite`` is set, so a folder never mixes settings.
+images named ``a``). ``index.json`` records the run, the sampling settings and every output; it is rewritten
+(atomically) after each batch, and a rerun skips outputs that already exist, so an interrupted run picks up
+where it stopped. A rerun with other sampling settings is refused unless ``overwrite`` is set, so a folder
+never mixes settings.
 """
 
 from __future__ import annotations
