@@ -284,7 +284,7 @@ class Backbone:
 
     def features(self, x: Tensor, pooled: bool = False) -> Tensor:
         """The layer's feature map [B,C,h,w] for preprocessed ``x``; the rest of the network does not run."""
-        x = x.to(self.device)
+        x = self._model_input(x)
         with capture(self._modules[self.layer], stop=self._stop_early) as store:
             self.model(x)
         fmap = self._to_nchw(store, x)
@@ -292,15 +292,24 @@ class Backbone:
 
     def logits(self, x: Tensor) -> Tensor:
         """The full classifier's logits [B, num_classes] for preprocessed ``x``."""
-        return self.model(x.to(self.device))
+        return self.model(self._model_input(x)).float()
 
     def features_and_logits(self, x: Tensor, pooled: bool = False) -> tuple[Tensor, Tensor]:
         """Features and logits from one forward pass."""
-        x = x.to(self.device)
+        x = self._model_input(x)
         with capture(self._modules[self.layer]) as store:
             logits = self.model(x)
         fmap = self._to_nchw(store, x)
-        return (pool_features(fmap) if pooled else fmap), logits
+        return (pool_features(fmap) if pooled else fmap), logits.float()
+
+    def _model_input(self, x: Tensor) -> Tensor:
+        """``x`` on the model's device, in its weights' precision when they are not fp32 (a trainer may store a
+        frozen backbone in bf16); features and logits always come back as fp32."""
+        x = x.to(self.device)
+        weight = next(self.model.parameters(), None)
+        if weight is not None and weight.dtype != torch.float32 and x.is_floating_point():
+            x = x.to(weight.dtype)
+        return x
 
     def layers(self) -> list[LayerInfo]:
         """Every hookable module path with its NCHW output shape and stride (one probe forward)."""
