@@ -3,13 +3,20 @@ anything is written, and every command and API call checks a value the same way.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from featinv.errors import FeatinvError
 
-__all__ = ["check_count", "check_device", "check_finite", "check_guidance", "check_number", "check_seeds",
-           "check_steps"]
+#: bounds the CLI options and the API share (a value beyond them is a typo or would never finish)
+MAX_INPUT_SIZE = 4096   # backbone input pixels per side: 4096² is 16 megapixels per image already
+MAX_EPOCHS = 100_000.0  # training passes; ``inf`` would be a loop without end
+
+__all__ = ["MAX_EPOCHS", "MAX_INPUT_SIZE", "Field", "check_count", "check_device", "check_fields", "check_finite", "check_guidance", "check_images", "check_number",
+           "check_seeds", "check_steps"]
 
 def check_guidance(value: Any, name: str = "guidance scale") -> float:
     """A finite guidance scale >= 0 (1 = conditional branch only; below 1 leans toward unconditional)."""
@@ -75,6 +82,24 @@ def check_finite(tensor: Any, what: str, fix: str) -> None:
     if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise FeatinvError(f"{what} contain {bad} NaN or infinite values; {fix}")
+
+
+def check_images(images: Any, seeds: Any, fix: str) -> None:
+    """Refuse generated images ``[N, 3, H, W]`` that hold NaN/infinite values or are one flat colour.
+
+    Such images come from broken weights, an absurd guidance scale or overflowing feature maps; saved as
+    PNGs they would be black or white squares that a rerun skips as finished and metrics average in.
+    """
+    import torch
+
+    flat = images.detach().reshape(images.shape[0], -1)
+    finite = torch.isfinite(flat).all(dim=1)
+    constant = flat.amax(dim=1) == flat.amin(dim=1)
+    for i in range(flat.shape[0]):
+        if not finite[i] or constant[i]:
+            what = "NaN or infinite values" if not finite[i] else "one flat colour"
+            raise FeatinvError(f"reconstruction {i} (seed {seeds[i]}) came out as {what}, so it is not kept as "
+                               f"finished work; {fix}")
 
 
 def check_steps(steps: Any, limit: int = 1000, name: str = "steps") -> int:
@@ -145,3 +170,58 @@ def check_normalisation(mean: Any = None, std: Any = None) -> dict[str, tuple[fl
     if std is not None:
         out["std"] = check_rgb(std, "std", positive=True)
     return out
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a JSON file featinv reads back (a run's ``config.json``): its kind and whether it must exist.
+
+    ``kind``: ``str``, ``bool``, ``int`` (>= ``low``), ``number`` (finite, >= ``low``), ``pair`` (two integers
+    >= ``low``), ``object`` (checked against ``fields``) or ``any``. ``nullable`` also accepts ``null``.
+    """
+
+    kind: str
+    required: bool = False
+    low: float = 0
+    nullable: bool = False
+    fields: Mapping[str, Field] | None = None
+
+
+def _kind_error(field: Field, value: Any) -> str | None:
+    """What ``value`` should have been, or None when it fits ``field``."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_number = (is_int or isinstance(value, float)) and math.isfinite(value)
+    if value is None and field.nullable:
+        return None
+    expected = {
+        "str": ("a string", isinstance(value, str)),
+        "bool": ("true or false", isinstance(value, bool)),
+        "int": (f"an integer >= {field.low:g}", is_int and value >= field.low),
+        "number": (f"a finite number >= {field.low:g}", is_number and value >= field.low),
+        "pair": (f"a list of two integers >= {field.low:g}", isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= field.low for v in value)),
+        "object": ("an object", isinstance(value, dict)),
+        "any": ("anything", True),
+    }[field.kind]
+    return None if expected[1] else expected[0]
+
+
+def check_fields(data: Any, fields: Mapping[str, Field], where: str, fix: str, prefix: str = "") -> dict[str, Any]:
+    """Check a JSON object key by key: a missing key, a value of the wrong kind (``"pooled": "no"``) or an
+    unknown key is one line naming the key, what it must be and the ``fix``; returns ``data``."""
+    if not isinstance(data, dict):
+        raise FeatinvError(f"{where}: {prefix.rstrip('.') or 'the file'} must be a JSON object; {fix}")
+    unknown = [key for key in data if key not in fields]
+    if unknown:
+        raise FeatinvError(f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(fields)}); remove it or {fix}")
+    for key, field in fields.items():
+        if key not in data:
+            if field.required:
+                raise FeatinvError(f"{where} is incomplete: key '{prefix}{key}' is missing; {fix}")
+            continue
+        problem = _kind_error(field, data[key])
+        if problem is not None:
+            raise FeatinvError(f"{where}: '{prefix}{key}' must be {problem}, got {json.dumps(data[key])}; {fix}")
+        if field.kind == "object" and field.fields is not None:
+            check_fields(data[key], field.fields, where, fix, prefix=f"{prefix}{key}.")
+    return data

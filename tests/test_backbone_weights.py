@@ -76,6 +76,22 @@ def test_renamed_keys_load_by_order_only_when_every_shape_matches(tmp_path, trai
         featinv.backbone(SPEC, layer=LAYER, weights=str(path), input_size=SIZE)
 
 
+def test_a_load_by_position_is_stated_in_one_line_once(capsys) -> None:
+    from featinv.features import weights
+
+    weights._SAID.clear()
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    by_name = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    assert weights.apply_state_dict(model, by_name, "same.pth", "tiny") == "name"
+    assert capsys.readouterr().err == ""  # names checked: nothing to say
+    renamed = {f"p{i}": torch.ones_like(v) for i, v in enumerate(model.state_dict().values())}
+    for _ in range(2):
+        assert weights.apply_state_dict(model, renamed, "renamed.pth", "tiny") == "order"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["note: renamed.pth names its tensors differently from tiny, so its 4 tensors were loaded by "
+                     "position (order and shapes match; names were not checked)"]
+
+
 def test_mismatched_architecture_is_refused(tmp_path) -> None:
     path = tmp_path / "resnet.safetensors"
     save_file(timm.create_model("resnet18", pretrained=False).state_dict(), str(path))

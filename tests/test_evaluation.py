@@ -118,10 +118,10 @@ def test_two_process_shards_merge_on_rank_zero(runs, data, tmp_path, monkeypatch
     # Simulate `accelerate launch --num_processes 2`: rank 1 finishes first and only writes its index;
     # rank 0 does its half and merges both into one summary.
     out = tmp_path / "sharded"
-    monkeypatch.setattr(evaluation, "process_group", lambda: (1, 2, lambda: None))
+    monkeypatch.setattr(evaluation, "process_group", lambda *_: (1, 2, lambda: None))
     part = evaluation.evaluate(runs["unpooled"], data, out=out, per_class=1, seeds=[0, 1], **FAST)
     assert part.summary == {} and len(part.rows) == 2 and (out / "index-rank1-of-2.json").is_file()
-    monkeypatch.setattr(evaluation, "process_group", lambda: (0, 2, lambda: None))
+    monkeypatch.setattr(evaluation, "process_group", lambda *_: (0, 2, lambda: None))
     merged = evaluation.evaluate(runs["unpooled"], data, out=out, per_class=1, seeds=[0, 1], **FAST)
     assert count_reconstructions == [2, 2]
     assert merged.summary["complete"] and merged.summary["n_images"] == 4

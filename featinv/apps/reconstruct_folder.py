@@ -1,16 +1,19 @@
 """Reconstruct image files with a trained FeatInv run: PNGs plus a JSON index, resumable.
 
-Each (image, seed) pair becomes ``<name>_s<seed>.png`` in the output folder. ``index.json`` records the
-run, the sampling settings and every output; it is rewritten (atomically) after each batch, and a rerun
-skips outputs that already exist, so an interrupted run picks up where it stopped. A rerun with other
-sampling settings is refused unless ``overwrite`` is set, so a folder never mixes settings.
+Each (image, seed) pair becomes ``<name>_s<seed>.png`` in the output folder (``a_png``/``a_jpg`` for two
+images named ``a``). ``index.json`` records the run, the sampling settings and every output; it is rewritten
+(atomically) after each batch, and a rerun skips outputs that already exist, so an interrupted run picks up
+where it stopped. A rerun with other sampling settings is refused unless ``overwrite`` is set, so a folder
+never mixes settings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,26 +35,76 @@ class ReconstructSummary:
     unreadable: list[Path] = field(default_factory=list)   # inputs that are not decodable images
 
 
+def _sanitise(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text) or "image"
+
+
 def _output_names(inputs: Sequence[str | os.PathLike[str]],
                   exclude: Sequence[str | os.PathLike[str]] = ()) -> list[tuple[Path, str]]:
     """(image path, unique output stem) for every image under the inputs, in a stable order; nothing under
-    ``exclude`` (the output folder, when it lies inside an input folder, so reruns never re-ingest it)."""
+    ``exclude`` (the output folder, when it lies inside an input folder, so reruns never re-ingest it).
+
+    A stem is the image's relative path without its extension (``cat.png`` -> ``cat``). Where two images
+    would share one (``a.png`` and ``a.jpg``), both keep their extension (``a_png``, ``a_jpg``); where that
+    still collides (the same relative path under two inputs) a short hash of the full path is added. So a
+    stem depends only on the image and on its namesakes, never on listing order or on numbering.
+    """
     from featinv.data import find_images
 
-    items: list[tuple[Path, str]] = []
-    used: set[str] = set()
+    listed: list[tuple[Path, Path]] = []
     for entry in inputs:
         listing = find_images(entry, exclude=exclude)
-        for path in listing.paths:
-            rel = path.relative_to(listing.root).with_suffix("")
-            stem = re.sub(r"[^A-Za-z0-9._-]+", "_", "__".join(rel.parts)) or "image"
-            unique, k = stem, 1
-            while unique in used:
-                k += 1
-                unique = f"{stem}_{k}"
-            used.add(unique)
-            items.append((path, unique))
-    return items
+        listed.extend((path, path.relative_to(listing.root)) for path in listing.paths)
+    listed = list(dict.fromkeys(listed))  # one image given twice is reconstructed once
+
+    def stems(name_of: Callable[[Path, Path], str], names: list[str]) -> list[str]:
+        counts = Counter(names)
+        return [name if counts[name] == 1 else name_of(path, rel) for (path, rel), name in zip(listed, names, strict=True)]
+
+    plain = [_sanitise("__".join(rel.with_suffix("").parts)) for _, rel in listed]
+    with_ext = stems(lambda _p, rel: _sanitise("__".join(rel.parts).replace(".", "_")), plain)
+    hashed = stems(lambda path, rel: _sanitise("__".join(rel.parts).replace(".", "_")) + "_"
+                   + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8], with_ext)
+    return [(path, stem) for (path, _), stem in zip(listed, hashed, strict=True)]
+
+
+def _finished_png(path: Path) -> bool:
+    """Whether an output left by an earlier run is a whole image with content (a flat square, as broken
+    weights used to give, or a damaged file is redone)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            extrema = img.getextrema()
+    except (OSError, ValueError, SyntaxError):
+        return False
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    return any(low != high for low, high in bands)
+
+
+def _pending_outputs(items: list[tuple[Path, str]], seeds: list[int], out_dir: Path, overwrite: bool,
+                     summary: ReconstructSummary, entries: dict[str, dict[str, Any]]) -> list[tuple[Path, int, Path]]:
+    """The (image, seed, output file) jobs still to do; finished ones are counted in ``summary.skipped`` and
+    kept in the index, so a rerun resumes.
+
+    An output counts as finished when its file is a whole image and the index does not attribute it to
+    another image. Index rows for these images under other file names (from an older naming) are dropped,
+    so every image is listed once.
+    """
+    planned = {(str(path), seed): f"{stem}_s{seed}.png" for path, stem in items for seed in seeds}
+    pending: list[tuple[Path, int, Path]] = []
+    for (source, seed), name in planned.items():
+        target, row = out_dir / name, entries.get(name)
+        if not overwrite and target.exists() and (row is None or row.get("source") == source) and _finished_png(target):
+            summary.skipped.append(target)
+            entries.setdefault(name, {"file": name, "source": source, "seed": seed})
+        else:
+            entries.pop(name, None)
+            pending.append((Path(source), seed, target))
+    for name, row in list(entries.items()):
+        if planned.get((row.get("source"), row.get("seed")), name) != name:
+            del entries[name]
+    return pending
 
 
 @locks_output("out")
@@ -126,6 +179,10 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
 def _checked_arguments(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], seeds: Sequence[int],
                        batch_size: int, steps: int) -> tuple[list[str | os.PathLike[str]], list[int]]:
     """The inputs as a list and the seeds as ints, after failing fast on arguments that cannot work."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would redo every image into one folder
+        raise FeatinvError("reconstruct runs in one process, but this one was started as one of several "
+                           "(torchrun / accelerate launch); run it without a launcher (--batch-size uses one "
+                           "device fully), or use `featinv eval`, which shares its work across processes")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise FeatinvError("no seeds given; pass e.g. --seeds 0,1,2")
@@ -135,22 +192,6 @@ def _checked_arguments(images: str | os.PathLike[str] | Sequence[str | os.PathLi
     if not inputs:
         raise FeatinvError("no images given; pass image files or folders")
     return inputs, seeds
-
-
-def _pending_outputs(items: list[tuple[Path, str]], seeds: list[int], out_dir: Path, overwrite: bool,
-                     summary: ReconstructSummary, entries: dict[str, dict[str, Any]]) -> list[tuple[Path, int, Path]]:
-    """(image, seed, output) still to make; outputs already there (unless ``overwrite``) are counted as
-    skipped and kept in the index, so a rerun resumes."""
-    pending: list[tuple[Path, int, Path]] = []
-    for path, stem in items:
-        for seed in seeds:
-            target = out_dir / f"{stem}_s{seed}.png"
-            if target.exists() and not overwrite:
-                summary.skipped.append(target)
-                entries.setdefault(target.name, {"file": target.name, "source": str(path), "seed": seed})
-            else:
-                pending.append((path, seed, target))
-    return pending
 
 
 def _reconstruct_chunk(model: Any, chunk: list[tuple[Path, int, Path]], sampling: dict[str, Any],

@@ -72,10 +72,11 @@ def _error_line(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: bad input (ours or a bad option value) becomes one line on stderr and exit
-    code 2, and an output folder the failed command created empty is removed again; Ctrl-C exits 130."""
+    code 2 (so is a full disk), and an output folder the failed command created empty is removed again;
+    Ctrl-C exits 130."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-    from featinv.cli.boundary import no_partial_output, output_paths
+    from featinv.cli.boundary import disk_error_line, no_partial_output, output_paths
 
     args = sys.argv[1:] if argv is None else argv
     _state["debug"] = "--debug" in args
@@ -86,6 +87,12 @@ def main(argv: list[str] | None = None) -> None:
         if _state["debug"]:
             raise
         _error_line(str(exc))
+        sys.exit(2)
+    except OSError as exc:
+        message = disk_error_line(exc)
+        if message is None or _state["debug"]:
+            raise
+        _error_line(message)
         sys.exit(2)
     except NoArgsIsHelpError as exc:  # `featinv eval` alone: show the help, as typer does
         exc.show()

@@ -1,4 +1,4 @@
-"""The CLI's error boundary: no empty output folder survives a failed command.
+"""The CLI's error boundary: no empty output folder survives a failed command, and a full disk is one line.
 
 Most commands validate first and create their output folder afterwards; :func:`no_partial_output` is the
 safety net for the rest: an output folder that did not exist before a failed command, and that still holds
@@ -9,12 +9,17 @@ are never touched (a failed evaluation keeps the images it finished, so a rerun 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from featinv.io import LOCK_FILE
+
+#: OS errors a user fixes by freeing space or choosing another folder (one line, exit 2; others keep the traceback)
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the file system is read-only"}
 
 #: command-line options whose value is a path the command writes to
 OUTPUT_OPTIONS = ("--out", "-o")
@@ -29,6 +34,20 @@ def output_paths(args: Sequence[str]) -> list[Path]:
         elif arg.startswith("--out="):
             paths.append(Path(arg.split("=", 1)[1]))
     return paths
+
+
+def disk_error_line(exc: OSError) -> str | None:
+    """The one line for a full disk (or quota, or read-only file system), None for any other OS error.
+
+    Every file featinv writes is atomic, so what was finished is whole and a rerun after freeing space
+    resumes; the line says so.
+    """
+    reason = DISK_ERRORS.get(exc.errno or 0)
+    if reason is None:
+        return None
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return (f"{reason}{where}; free some space (or choose another --out) and run the command again: finished "
+            "outputs are kept and the rerun resumes (train: --resume)")
 
 
 def _missing_ancestors(path: Path) -> list[Path]:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from featinv.errors import FeatinvError
+from featinv.validation import MAX_INPUT_SIZE
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -49,7 +50,8 @@ BackboneSpec = Annotated[str, typer.Option("--backbone", "-b", help="Backbone sp
                                            "torchvision:resnet50, hf:/path/to/saved/model or py:package.module:factory.")]
 Layer = Annotated[str | None, typer.Option("--layer", "-l", help="Module path of the layer (default: last spatial map). See `featinv layers SPEC`.")]
 Weights = Annotated[str, typer.Option("--weights", help="Backbone weights: pretrained, none, or a local .pth/.pt/.safetensors file.")]
-InputSize = Annotated[int | None, typer.Option("--input-size", min=8, help="Backbone input size in pixels (default: the model's own).")]
+InputSize = Annotated[int | None, typer.Option("--input-size", min=8, max=MAX_INPUT_SIZE, help="Backbone input size in "
+                                              "pixels (default: the model's own).")]
 Mean = Annotated[str | None, typer.Option("--mean", help="Replace the backbone's normalisation mean, e.g. 0.5,0.5,0.5 "
                                           "(default: the model's own; 0.485,0.456,0.406 for a py: model).")]
 Std = Annotated[str | None, typer.Option("--std", help="Replace the backbone's normalisation std, e.g. 0.5,0.5,0.5.")]

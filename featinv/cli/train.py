@@ -24,8 +24,9 @@ from featinv.cli.options import (
     parse_options,
 )
 from featinv.console import console
+from featinv.validation import MAX_EPOCHS
 
-Epochs = Annotated[float, typer.Option("--epochs", min=0.0, help="Passes over the data (paper: 3).")]
+Epochs = Annotated[float, typer.Option("--epochs", min=0.0, max=MAX_EPOCHS, help="Passes over the data (paper: 3).")]
 MaxSteps = Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after this many optimizer steps (overrides --epochs).")]
 TrainBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per process and micro-batch (paper: 8).")]
 GradAccum = Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per optimizer step.")]
@@ -41,7 +42,8 @@ KeepCkpts = Annotated[int, typer.Option("--keep-checkpoints", min=1, help="Keep 
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its newest checkpoint.")]
 LogEvery = Annotated[int, typer.Option("--log-every", min=1, help="Append metrics to metrics.jsonl every N steps.")]
 ValidateEvery = Annotated[int, typer.Option("--validate-every", min=0, help="Save a validation PNG grid every N steps (0: at the end only).")]
-ValSteps = Annotated[int, typer.Option("--val-steps", min=1, help="Denoising steps for validation grids.")]
+ValSteps = Annotated[int, typer.Option("--val-steps", min=1, max=1000, help="Denoising steps for validation grids "
+                                       "(at most the base's 1000 training timesteps).")]
 TensorBoard = Annotated[bool, typer.Option("--tensorboard", help="Also log to TensorBoard (OUT/logs) via accelerate.")]
 EncoderOptions = Annotated[list[str] | None, typer.Option(
     "--encoder-option", help="Feature encoder option KEY=VALUE (repeatable), e.g. hidden=256 for conv; "

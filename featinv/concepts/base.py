@@ -231,8 +231,15 @@ class Decomposer(ABC):
                     f"classifier weight has {weight.numel()} entries but the vectors have {c} channels; pass the "
                     "weight row of a linear classifier that reads this layer"
                 )
+        if bool((x == x[0]).all()):
+            raise FeatinvError(f"all {n} feature vectors are the same, so there is nothing to decompose; check the "
+                               "backbone weights (--weights) and the images")
         with torch.no_grad(), solver_threads():
             self._fit(x)
+        broken = [k for k, t in self._state().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if broken:
+            raise FeatinvError(f"fitting {self.name} gave NaN or infinite values ({', '.join(broken)}), so nothing is "
+                               "saved; check the feature scale (e.g. the backbone weights) or fit fewer concepts")
         self._channels = c
         self.classifier_weight = None if weight is None else weight.float()
         return self

@@ -364,7 +364,7 @@ class PixelBase(DiffusionBase):
         unet_config = read_json(directory / "unet" / "config.json", what="pixel base UNet config")
         unet = UNet2DConditionModel.from_config(unet_config)
         _load_state(unet, load_safetensors(directory / "unet" / "diffusion_pytorch_model.safetensors"), directory)
-        table = torch.nn.Parameter(load_safetensors(directory / "prompts.safetensors")["prompt_embeds"])
+        table = torch.nn.Parameter(_prompt_table(directory, int(unet.config.cross_attention_dim)))
         scheduler_config = read_json(directory / "scheduler" / "scheduler_config.json", what="pixel base scheduler")
         return cls(f"pixel:{directory.resolve()}", unet, scheduler_config, table, device=device)
 
@@ -413,6 +413,17 @@ def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: 
     except RuntimeError as exc:
         raise FeatinvError(f"weights in {where} do not fit their config ({str(exc).splitlines()[0]}); "
                            "recreate the folder") from None
+
+
+def _prompt_table(directory: Path, width: int) -> torch.Tensor:
+    """The ``[2, tokens, width]`` prompt table of a pixel base, or one line saying why the file is unusable."""
+    path = directory / "prompts.safetensors"
+    table = load_safetensors(path).get("prompt_embeds")
+    if table is None or table.ndim != 3 or table.shape[0] != 2 or table.shape[2] != width:
+        shape = "no 'prompt_embeds' tensor" if table is None else f"shape {tuple(table.shape)}"
+        raise FeatinvError(f"prompt table {path} has {shape}, not [2, tokens, {width}] as the UNet needs; "
+                           "recreate the base folder")
+    return table
 
 
 # ---- loading by spec ------------------------------------------------------------------------------

@@ -64,7 +64,12 @@ class FeatInvControlNet(ControlNetModel):
         net = cls.from_config(config)
         net.controlnet_cond_embedding = load_encoder(directory / "encoder")
         state = load_safetensors(directory / WEIGHTS_NAME)
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a tensor of the wrong shape (torch reports every one; the first is enough)
+            detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "shape mismatch")
+            raise FeatinvError(f"ControlNet weights in {directory} do not fit its config ({detail.rstrip('.')}); "
+                               "recreate the run folder") from None
         missing = [k for k in missing if not k.startswith(_ENCODER_PREFIX)]
         if missing or unexpected:
             raise FeatinvError(f"ControlNet weights in {directory} do not fit its config (missing {missing[:3]}, "

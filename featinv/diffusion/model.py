@@ -23,18 +23,27 @@ from featinv.diffusion.consistency import FeatureConsistency
 from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
 from featinv.diffusion.encoders import build_encoder
 from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, fidelity_scores
+from featinv.diffusion.run_config import FORMAT, FORMAT_VERSION, check_run_config
 from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, read_json, write_json
-from featinv.validation import check_count, check_finite, check_guidance, check_seeds, check_steps
+from featinv.validation import (
+    check_count,
+    check_finite,
+    check_guidance,
+    check_images,
+    check_seeds,
+    check_steps,
+)
 
 CONFIG_NAME = "config.json"
 #: optional per-position norms of the training feature maps, read with the run (out-of-distribution checks)
 FEATURE_NORMS_FILE = "feature_norms.json"
 CONTROLNET_DIR = "controlnet"
-FORMAT = "featinv-run"
-FORMAT_VERSION = 1
 DEFAULT_GUIDANCE = {False: 1.75, True: 8.0}  # paper / official code: unpooled 1.75, pooled 8
+#: what to check when sampling yields NaN or flat images (see :func:`~featinv.validation.check_images`)
+_BROKEN_OUTPUT_FIX = ("check the run's weights (restore or retrain them), the guidance scale (e.g. 1.75) and the feature "
+                      "maps (finite, of the size the backbone gives)")
 _BASE_KEYS = ("latent_channels", "latent_size", "first_block_width", "cross_attention_dim")
 
 
@@ -146,14 +155,8 @@ class FeatInv:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FeatinvError(f"run folder {run_dir} does not exist; pass a folder written by `featinv train`")
-        config = read_json(run_dir / CONFIG_NAME, what="FeatInv run config")
-        if not isinstance(config, dict) or config.get("format") != FORMAT:
-            raise FeatinvError(f"{run_dir / CONFIG_NAME} is not a FeatInv run config; pass a folder written by `featinv train`")
-        entry, base_entry = config.get("backbone"), config.get("base")
-        if not (isinstance(entry, dict) and isinstance(base_entry, dict)
-                and all(k in entry for k in ("spec", "layer", "channels", "grid")) and "spec" in base_entry):
-            raise FeatinvError(f"{run_dir / CONFIG_NAME} is incomplete (backbone or base entry missing); restore it "
-                               "or retrain the run")
+        config = check_run_config(read_json(run_dir / CONFIG_NAME, what="FeatInv run config"), run_dir / CONFIG_NAME)
+        entry = config["backbone"]
         if backbone is None:
             from featinv.features.backbone import backbone as make_backbone
 
@@ -344,6 +347,7 @@ class FeatInv:
                                   seeds[start:start + b], latent_shape, steps=steps, guidance_scale=guidance,
                                   bf16=bf16, on_step=advance, feature_guidance=steering, target=target)
                 decoded = self.base.decode(latents)
+                check_images(decoded, seeds[start:start + b], _BROKEN_OUTPUT_FIX)
                 if fidelity:
                     scores.append(fidelity_scores(self.backbone, decoded, feats, self.pooled))
                 outputs.append(decoded.cpu())

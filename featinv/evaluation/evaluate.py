@@ -214,7 +214,7 @@ def evaluate(
     steering = FeatureGuidance.of(feature_guidance)
     guidance_scale = _checked_sampling(guidance_scale, batch_size)
     sources = collect_sources(data, per_class)
-    rank, world, barrier = process_group()
+    rank, world, barrier = process_group(device)
     if world > 1 and device == "cuda":  # one GPU per process under accelerate launch / torchrun
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     model = load_model(run, device)
@@ -492,7 +492,8 @@ def _read_indexes(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> d
         if stored.get("feature_guidance") != settings["feature_guidance"]:  # missing (older index) = off
             raise FeatinvError(refusal(["feature_guidance"]))
         for key, row in _index(path, settings).load(refusal).items():
-            if all(spec in row.get("cross", {}) for spec in settings["evaluate_with"]):
+            # a row scored NaN (broken weights, before such outputs were refused) is redone, not averaged in
+            if all(spec in row.get("cross", {}) for spec in settings["evaluate_with"]) and _finite(row.get("cosine")) is not None:
                 rows[key] = row
     return rows
 

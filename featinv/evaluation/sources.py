@@ -79,13 +79,21 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     return list(items[rank::world_size])
 
 
-def process_group() -> tuple[int, int, Callable[[], None]]:
-    """(rank, world size, barrier): Accelerate's state when launched with several processes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+def process_group(device: str = "cpu") -> tuple[int, int, Callable[[], None]]:
+    """(rank, world size, barrier): Accelerate's state when launched with several processes.
+
+    Processes that will run on the CPU join a CPU (gloo) group: without ``cpu=True`` Accelerate sees a single
+    process on a machine without GPUs, and every process would then do all the work, racing on one folder.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
         return 0, 1, lambda: None
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not str(device).startswith("cuda"))
+    if state.num_processes != world:
+        raise FeatinvError(f"launched as {world} processes, but they could not join one process group "
+                           f"(Accelerate sees {state.num_processes}); launch with torchrun or accelerate launch")
     return state.process_index, state.num_processes, state.wait_for_everyone
 
 

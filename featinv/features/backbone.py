@@ -345,9 +345,11 @@ def backbone(spec: str | nn.Module, layer: str | None = None, weights: str = "pr
     ``mean``/``std`` replace the model's normalisation. For a module, ``module_options`` are
     :func:`featinv.features.custom.wrap_module`'s (``patch_size``, ``prefix_tokens``, ``classifier``...).
     """
-    from featinv.validation import check_device, check_normalisation
+    from featinv.validation import MAX_INPUT_SIZE, check_count, check_device, check_normalisation
 
     check_device(device)  # before any model is built: a missing GPU is one line, not a driver error
+    if isinstance(input_size, int):
+        check_count(input_size, "input size", low=8, high=MAX_INPUT_SIZE)
     if isinstance(spec, nn.Module):
         return Backbone.from_module(spec, layer, input_size=input_size, mean=mean, std=std, device=device,
                                     **module_options)

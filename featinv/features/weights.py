@@ -54,10 +54,24 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return tensors
 
 
+_SAID: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """A one-line notice on stderr, once per process (a backbone is often rebuilt several times per command)."""
+    if line not in _SAID:
+        _SAID.add(line)
+        from featinv.console import err_console
+
+        err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def apply_state_dict(model: nn.Module, state: dict[str, Tensor], source: str, spec: str) -> str:
     """Load ``state`` into ``model`` by name, or by order when names differ but every shape matches in order.
 
-    Nothing is loaded unless every tensor fits; returns "name" or "order" (how it was matched).
+    Nothing is loaded unless every tensor fits; returns "name" or "order" (how it was matched). A load by
+    order (e.g. the TensorFlow-ported lite0 weights, whose names differ from timm's) is stated in a one-line
+    notice: same-shaped tensors could be swapped without any error, so the user should know names went unchecked.
     """
     own = model.state_dict()
     if set(state) == set(own):
@@ -71,6 +85,8 @@ def apply_state_dict(model: nn.Module, state: dict[str, Tensor], source: str, sp
     if len(state) == len(own) and all(tuple(a.shape) == tuple(b.shape) for a, b in zip(state.values(), own.values(),
                                                                                         strict=True)):
         model.load_state_dict(dict(zip(own, state.values(), strict=True)))
+        _say_once(f"note: {source} names its tensors differently from {spec}, so its {len(state)} tensors were "
+                  "loaded by position (order and shapes match; names were not checked)")
         return "order"
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -9,6 +9,7 @@ hidden temporary folder and renamed into place, so a crash mid-write never leave
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -123,7 +124,13 @@ def save_checkpoint(
     with atomic_dir(target, kind="checkpoint") as tmp:
         save_safetensors(params, tmp / WEIGHTS_FILE, metadata={"step": str(step)})
         trainer_state = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "rng": rng or []}
-        torch.save(trainer_state, tmp / TRAINER_FILE)  # straight to disk: no second in-memory copy (GBs for SD)
+        try:
+            torch.save(trainer_state, tmp / TRAINER_FILE)  # straight to disk: no second in-memory copy (GBs for SD)
+        except RuntimeError as exc:  # torch reports a failed write (a full disk) as a RuntimeError without errno
+            if "write" not in str(exc):
+                raise
+            full = shutil.disk_usage(tmp).free < 2**20
+            raise OSError(errno.ENOSPC if full else errno.EIO, f"writing {TRAINER_FILE} failed", str(target)) from None
         write_json(tmp / STATE_FILE, {**state, "step": step})
     if keep is not None:
         rotate_checkpoints(root, keep)

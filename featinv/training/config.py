@@ -18,6 +18,7 @@ from featinv.diffusion.consistency import DEFAULT_MAX_T, FeatureConsistency
 from featinv.errors import FeatinvError
 from featinv.training.data import CROP_SCALE
 from featinv.training.speed import check_speed_options
+from featinv.validation import MAX_EPOCHS, check_number, check_steps
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -74,8 +75,11 @@ class LoopConfig:
                 raise FeatinvError(f"{name.replace('_', '-')} must be at least 1, got {value}")
         if self.max_steps is not None and self.max_steps < 1:
             raise FeatinvError(f"max-steps must be at least 1, got {self.max_steps}")
-        if self.max_steps is None and not self.epochs > 0:
-            raise FeatinvError(f"epochs must be positive, got {self.epochs}")
+        check_steps(self.val_steps, name="val-steps")  # validation samples after training: fail before it
+        if self.max_steps is None:
+            check_number(self.epochs, "epochs", low=0.0, high=MAX_EPOCHS)
+            if not self.epochs > 0:
+                raise FeatinvError(f"epochs must be positive, got {self.epochs}")
         if not self.lr > 0:
             raise FeatinvError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.drop_prob <= 1.0:

@@ -91,13 +91,15 @@ def run_training(config: LoopConfig, make_task: Callable[[Any], Task], on_step: 
     batches = iter(loader)
     try:
         _train_steps(run, batches, on_step)
+        return _complete(run)
     except KeyboardInterrupt:
         _stop_cleanly(run)
         raise
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            _record_failure(run, exc)
         _finish(run.accelerator, config)
         raise
-    return _complete(run)
 
 
 # ------------------------------------------------------------------------------ set-up and resume
@@ -293,6 +295,19 @@ def _complete(run: TrainingRun) -> Path:
     _finish(run.accelerator, run.config)
     run.say(f"done: {run.step} steps; model saved in {run.out}")
     return run.out
+
+
+def _record_failure(run: TrainingRun, exc: Exception) -> None:
+    """``status: failed`` with the error and the newest complete checkpoint, so the folder never claims to be
+    running after the process ended (e.g. a full disk while a checkpoint was written). When even that small
+    file cannot be written, the status file is removed: no status is truer than a stale "running"."""
+    good = latest_checkpoint(run.ckpt_root)
+    error = (str(exc).splitlines() or [type(exc).__name__])[0]
+    try:
+        run.write_state("failed", run.step, {"error": error, "checkpoint": str(good) if good else None})
+    except OSError:
+        if run.is_main:
+            (run.out / STATE_FILE).unlink(missing_ok=True)
 
 
 def _stop_cleanly(run: TrainingRun) -> None:

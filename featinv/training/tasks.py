@@ -21,6 +21,7 @@ from featinv.errors import FeatinvError
 from featinv.training.config import BaseTrainConfig, TrainConfig, check_encoder_options
 from featinv.training.data import AugmentedCrops, TensorSamples, load_training_images, mix_seed
 from featinv.training.speed import SpeedSettings, compile_modules, to_channels_last
+from featinv.validation import check_steps
 
 
 class Task(Protocol):
@@ -88,6 +89,7 @@ class FeatInvTask(Task):
             raise FeatinvError(f"training needs a square backbone input, got {info.input_size}; pass --input-size")
         self.consistency = config.consistency()
         self.consistency.check_timesteps(self.model.base.num_train_timesteps)
+        check_steps(config.val_steps, limit=self.model.base.num_train_timesteps, name="val-steps")
         self._params = [(f"p{i:05d}", p) for i, p in enumerate(self.model.trainable_parameters())]
         self._names = self._parameter_names()
         self._cache: TensorSamples | None = None

@@ -1,0 +1,192 @@
+"""Several real processes: ``torchrun --nproc_per_node 2`` and ``accelerate launch --multi_gpu --num_processes 2``
+on the CPU (gloo), running ``featinv`` on tiny saved models.
+
+- training: both ranks end with the same weights; a kill -9 of the whole process group, then ``--resume``,
+  logs every step once and ends with weights byte-identical to an uninterrupted two-process run; a resume
+  with another world size is refused with one line (the data order depends on it).
+- evaluation: sharded over two processes it gives the same rows and the same PNGs as one process.
+- reconstruction does not share work, so it refuses to start as one of several processes.
+
+What the code does not promise, and these tests do not claim: two processes do not reproduce one process
+with the same global batch (the noise and dropout of each micro-batch are drawn per rank). ``accelerate
+launch --cpu --num_processes 2`` starts a single process unless MPI is set up, hence ``--multi_gpu``, which on
+a machine without GPUs runs its processes on the CPU. Each launch costs two interpreter start-ups (~10 s on
+an idle machine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from featinv.cli import main
+from featinv.io import load_safetensors
+from tests.fixtures_model import TINY_BACKBONE, make_tiny_images, make_tiny_pixel_base, make_tiny_run
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = [pytest.mark.skipif(not hasattr(signal, "SIGKILL") or not (BIN / "torchrun").exists(),
+                                 reason="needs POSIX signals and torchrun"),
+              pytest.mark.usefixtures("one_thread")]
+
+#: run by each process: featinv's own CLI, then a hash of the weights this rank trained (ranks must agree)
+RANK_DIGEST = """
+import hashlib, os, sys
+from pathlib import Path
+import featinv.training.loop as loop
+made = []
+class Recorded(loop.FeatInvTask):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        made.append(self)
+loop.FeatInvTask = Recorded
+from featinv.cli import main
+main(sys.argv[1:])
+data = b"".join(p.detach().cpu().contiguous().numpy().tobytes() for _, p in made[0].named_trainable())
+out = Path(sys.argv[sys.argv.index("--out") + 1])
+(out / f"weights-rank{os.environ['RANK']}.sha256").write_text(hashlib.sha256(data).hexdigest())
+"""
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("multiprocess")
+    for label in ("a", "b"):
+        make_tiny_images(root / "val" / label, count=2)
+    return {"root": root, "run": make_tiny_run(root), "base": make_tiny_pixel_base(root, name="base16"),
+            "images": make_tiny_images(root / "images", count=8), "val": root / "val"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(target: list, log: Path) -> subprocess.Popen:
+    """Two processes under torchrun, in a process group of their own (so kill -9 reaches every one)."""
+    command = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), *map(str, target)]
+    with open(log, "wb") as handle:
+        return subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=_env(),
+                                start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"the processes did not finish:\n{log.read_text()[-3000:]}")
+    assert code == 0, log.read_text()[-3000:]
+
+
+def _checkpoint_steps(out: Path) -> list[int]:
+    root = out / "checkpoints"
+    return sorted(int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "state.json").is_file()) \
+        if root.is_dir() else []
+
+
+def _weights(out: Path) -> dict[str, bytes]:
+    newest = out / "checkpoints" / f"step-{_checkpoint_steps(out)[-1]:08d}" / "trainable.safetensors"
+    return {k: v.numpy().tobytes() for k, v in load_safetensors(newest).items()}
+
+
+def test_two_processes_agree_resume_after_kill_9_and_refuse_another_world_size(assets, tmp_path, capsys):
+    total = 8
+    train = ["train", "--data", assets["images"], "--backbone", TINY_BACKBONE, "--weights", "none", "--input-size",
+             "64", "--layer", "blocks.4", "--base", f"pixel:{assets['base']}", "--max-steps", total, "--batch-size",
+             "2", "--checkpoint-every", "2", "--log-every", "1", "--num-workers", "0", "--val-steps", "1", "--quiet"]
+    driver = tmp_path / "rank_digest.py"
+    driver.write_text(RANK_DIGEST)
+
+    # 1. an uninterrupted two-process run: both ranks end with the same weights
+    reference = tmp_path / "reference"
+    proc = _torchrun([driver, *train, "--out", reference], tmp_path / "reference.log")
+    _finish(proc, tmp_path / "reference.log")
+    digests = {(reference / f"weights-rank{rank}.sha256").read_text() for rank in (0, 1)}
+    assert len(digests) == 1, "the two ranks trained different weights"
+    assert hashlib.sha256(b"".join(_weights(reference).values())).hexdigest()  # the checkpoint is readable
+
+    # 2. the same run, killed (-9, every process) once a checkpoint exists, then resumed by the same command
+    out = tmp_path / "killed"
+    log = tmp_path / "killed.log"
+    proc = _torchrun(["-m", "featinv", *train, "--out", out, "--resume"], log)
+    deadline = time.monotonic() + 600
+    while not _checkpoint_steps(out):
+        assert proc.poll() is None, f"ended before its first checkpoint:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no checkpoint:\n{log.read_text()[-3000:]}"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _checkpoint_steps(out)[-1] < total, "the kill came too late to test resuming"
+    proc = _torchrun(["-m", "featinv", *train, "--out", out, "--resume"], tmp_path / "resumed.log")
+    _finish(proc, tmp_path / "resumed.log")
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["status"] == "complete" and state["step"] == total
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, total + 1))  # every step logged exactly once across both attempts
+    assert _weights(out) == _weights(reference)  # byte-identical to the uninterrupted run
+
+    # 3. resuming the two-process run with one process is refused: the data order depends on the world size
+    shutil.rmtree(out / "checkpoints" / f"step-{total:08d}")
+    def files() -> dict[Path, int]:  # (the lock file of the refused command is the one new file)
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*") if not p.name.startswith(".featinv.lock")}
+
+    before = files()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in [*train, "--out", out, "--resume"]])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "settings changed (world_size)" in err and len(err.strip().splitlines()) == 1
+    assert files() == before  # nothing touched
+
+
+def test_sharded_eval_over_two_processes_equals_one_process(assets, tmp_path, capsys):
+    args = ["eval", "--run", assets["run"], "--data", assets["val"], "--per-class", "2", "--steps", "2",
+            "--batch-size", "1", "--fid", "none", "--quiet"]
+    sharded = tmp_path / "sharded"
+    command = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               "-m", "featinv", *map(str, args), "--out", str(sharded)]
+    log = tmp_path / "sharded.log"
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=_env(),
+                                start_new_session=True)
+    _finish(proc, log)
+    assert sorted(p.name for p in sharded.glob("index*.json")) == ["index-rank0-of-2.json", "index-rank1-of-2.json"]
+
+    single = tmp_path / "single"
+    main([str(a) for a in [*args, "--out", single]])
+    rows = {json.dumps(r, sort_keys=True) for r in json.loads((single / "metrics.json").read_text())["rows"]}
+    sharded_rows = json.loads((sharded / "metrics.json").read_text())["rows"]
+    assert len(sharded_rows) == 4 and {json.dumps(r, sort_keys=True) for r in sharded_rows} == rows
+    assert {p.name: p.read_bytes() for p in (sharded / "images").glob("*.png")} == \
+        {p.name: p.read_bytes() for p in (single / "images").glob("*.png")}
+
+
+def test_reconstruct_started_as_one_of_several_processes_is_refused(assets, tmp_path, monkeypatch):
+    """reconstruct does not share work: under a launcher every process would redo every image into one folder."""
+    from featinv.apps.reconstruct_folder import reconstruct_images
+    from featinv.errors import FeatinvError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(FeatinvError, match="reconstruct runs in one process"):
+        reconstruct_images(assets["run"], assets["images"], tmp_path / "out", steps=1, progress=False)
+    assert not (tmp_path / "out").exists()
