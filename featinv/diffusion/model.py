@@ -26,6 +26,7 @@ from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, fidelity
 from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, read_json, write_json
+from featinv.report.notebook import GridDisplay, Panel
 from featinv.validation import check_count, check_finite, check_guidance, check_seeds, check_steps
 
 CONFIG_NAME = "config.json"
@@ -39,8 +40,8 @@ _BASE_KEYS = ("latent_channels", "latent_size", "first_block_width", "cross_atte
 
 
 @dataclass
-class Reconstruction:
-    """Sampled images for a batch of feature maps."""
+class Reconstruction(GridDisplay):
+    """Sampled images for a batch of feature maps (in Jupyter: a grid captioned with seed and cosine)."""
 
     images: torch.Tensor           # [N, 3, R, R] in [0, 1] at the base resolution
     seeds: list[int]
@@ -52,6 +53,18 @@ class Reconstruction:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def display_rows(self) -> list[list[Panel]]:
+        """One row: every image, captioned with its seed and (when computed) its cosine to its map."""
+        from featinv.data import to_uint8
+
+        panels = []
+        for index, image in enumerate(self.images):
+            caption = f"seed {self.seeds[index]}"
+            if self.fidelity is not None:
+                caption += f" cos {float(self.fidelity[index]):.2f}"
+            panels.append((caption, to_uint8(image)))
+        return [panels]
 
     def resized(self, size: tuple[int, int] | int) -> torch.Tensor:
         """Bilinear resize to e.g. the backbone's input size (the paper's last pipeline step)."""
