@@ -19,13 +19,26 @@ from typing import Any
 from featinv.apps.explorer import MAX_UPLOAD_BYTES, Explorer, ExploreResult, ExploreSettings
 from featinv.errors import FeatinvError
 
-__all__ = ["LOCAL_HOSTS", "PANELS", "build_app", "launch", "require_gradio"]
+__all__ = ["LOCAL_HOSTS", "PANELS", "build_app", "check_gradio", "launch", "require_gradio"]
 
 PANELS = ("Reconstruct", "Steer concepts", "Compose", "Interpolate", "Settings", "Export")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 SCHEDULERS = ("ddim", "dpm++", "unipc")
+_MISSING = 'the explorer needs Gradio, which is not installed; pip install "featinv[app]"'
 REGIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "center", "left", "right", "top", "bottom",
            "full")
+
+
+def check_gradio() -> None:
+    """One line saying how to install Gradio when it is missing (without paying for importing it)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("gradio") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise FeatinvError(_MISSING)
 
 
 def require_gradio() -> Any:
@@ -34,7 +47,7 @@ def require_gradio() -> Any:
     try:
         import gradio
     except ImportError:
-        raise FeatinvError('the explorer needs Gradio, which is not installed; pip install "featinv[app]"') from None
+        raise FeatinvError(_MISSING) from None
     return gradio
 
 
@@ -64,16 +77,32 @@ def _guarded(call: Callable[..., ExploreResult]) -> Callable[..., tuple[list[tup
     return handler
 
 
-def _image_picker(gr: Any, explorer: Explorer, label: str, default_index: int = 0) -> tuple[Any, Any]:
-    """An example dropdown and an upload box; choosing an example puts it in the box. Returns (dropdown, image)."""
+def _image_picker(gr: Any, explorer: Explorer, label: str, default_index: int = 0,
+                  upload_api: str | bool = False) -> tuple[Any, Any]:
+    """An example dropdown and an upload box above the image they choose; returns (dropdown, image).
+
+    Uploads arrive as plain files and are decoded here (:meth:`Explorer.open_upload`), so a non-image or an
+    oversized file is a message under the box rather than a failed request.
+    """
     names = list(explorer.examples)
     default = names[min(default_index, len(names) - 1)] if names else None
     with gr.Column():
         dropdown = gr.Dropdown(names, value=default, label=f"{label}: example", interactive=True)
+        upload = gr.File(label=f"{label}: or upload an image (PNG/JPEG, at most {MAX_UPLOAD_BYTES // 2**20} MB)",
+                         file_types=["image"], type="filepath", height=60)
         image = gr.Image(value=explorer.examples.get(default) if default else None, type="filepath", format="png",
-                         sources=["upload"], label=f"{label}: or upload an image", height=200)
-    dropdown.input(lambda name: explorer.example(name) if name else gr.skip(), dropdown, image, api_name=False)
-    image.upload(lambda: None, None, dropdown, api_name=False)  # an upload is no longer the example shown
+                         interactive=False, label=label, height=200)
+        message = gr.Markdown()
+
+    def uploaded(path: str | None) -> tuple[Any, Any, str]:
+        try:
+            return explorer.open_upload(path), None, ""
+        except FeatinvError as exc:
+            return gr.skip(), gr.skip(), f"**error:** {exc}"
+
+    dropdown.input(lambda name: (explorer.example(name), "") if name else (gr.skip(), ""), dropdown, [image, message],
+                   api_name=False)
+    upload.upload(uploaded, upload, [image, dropdown, message], api_name=upload_api)
     return dropdown, image
 
 
@@ -116,7 +145,7 @@ def _outputs(gr: Any, label: str) -> tuple[Any, Any]:
 
 def _reconstruct_tab(gr: Any, explorer: Explorer, settings: list[Any]) -> None:
     with gr.Tab("Reconstruct"):
-        example, image = _image_picker(gr, explorer, "image")
+        example, image = _image_picker(gr, explorer, "image", upload_api="upload")
         button = gr.Button("Reconstruct", variant="primary")
         gallery, note = _outputs(gr, "original, then each run's reconstructions")
 

@@ -27,10 +27,10 @@ def explore(
 
     Example: featinv explore --run featinv-demo/featinv-unpooled --run featinv-demo/featinv-pooled --concepts featinv-demo/concepts
     """
-    from featinv.apps.explore_ui import launch, require_gradio
+    from featinv.apps.explore_ui import check_gradio, launch
     from featinv.apps.explorer import Explorer, ExploreSettings
 
-    require_gradio()  # before loading models: a missing extra is one line at once
+    check_gradio()  # before loading models: a missing extra is one line at once
     explorer = Explorer(run, concepts=concepts, images=images, device=device, settings=ExploreSettings(steps=steps))
     launch(explorer, host=host, port=port, say=lambda line: console.print(line, markup=False, highlight=False,
                                                                         soft_wrap=True))
