@@ -62,9 +62,11 @@ class ExploreSettings:
                                scheduler=self.scheduler, feature_guidance=self.feature_guidance)
 
     def seed_list(self) -> list[int]:
+        """The seeds every panel samples with: ``first_seed, first_seed + 1, ...``."""
         return seeds_for(self.first_seed, self.seeds)
 
     def describe(self) -> str:
+        """The settings in one line, shown with every answer's time."""
         guidance = "run default" if self.guidance_scale is None else f"{self.guidance_scale:g}"
         return (f"{self.scheduler} {self.steps} steps, guidance {guidance}, feature guidance "
                 f"{self.feature_guidance:g}, seeds {', '.join(map(str, self.seed_list()))}")
