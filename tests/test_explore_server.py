@@ -116,18 +116,33 @@ def _chromium() -> str:
     return path
 
 
-def test_the_page_renders_every_panel_in_headless_chromium(served, tmp_path):
+#: clicks the Reconstruct button once the page has loaded (what a user does first)
+CLICK_RECONSTRUCT = "() => { setTimeout(() => document.getElementById('reconstruct-button').click(), 1000); }"
+
+
+def test_the_page_renders_and_reconstructs_in_headless_chromium(served, tmp_path):
+    """Open the page, click Reconstruct on the example shown, and see the panels and the answer's images.
+
+    The answer is computed beforehand (same image, same settings), so the click is served from the cache
+    and the browser's virtual clock never outruns the sampler.
+    """
     browser = _chromium()
-    url = served[2]
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-              "--virtual-time-budget=10000", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=60).stdout
+    explorer = served[0]
+    explorer.reconstruct(explorer.example("noise.png"), name="noise.png")
+    app, url = launch(explorer, port=free_port(), block=False, say=lambda _line: None, page_script=CLICK_RECONSTRUCT)
+    try:
+        common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+                  "--virtual-time-budget=15000", f"--user-data-dir={tmp_path / 'profile'}"]
+        dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
+        shot = tmp_path / "explore.png"
+        subprocess.run([*common, "--window-size=1280,1200", f"--screenshot={shot}", url], capture_output=True,
+                       timeout=90, check=True)
+    finally:
+        app.close()
     for panel in PANELS:
         assert panel in dom, f"panel {panel!r} missing from the rendered page"
     assert "noise.png" in dom  # the examples given with --images
-    shot = tmp_path / "explore.png"
-    subprocess.run([*common, "--window-size=1280,900", f"--screenshot={shot}", url], capture_output=True,
-                   timeout=60, check=True)
+    assert "run0 seed 0, cos" in dom and "run1 seed 1, cos" in dom, "the reconstructions did not appear"
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("L"), dtype=np.float32)
-    assert pixels.shape == (900, 1280) and pixels.std() > 10  # not a blank page
+    assert pixels.shape == (1200, 1280) and pixels.std() > 10  # not a blank page

@@ -146,7 +146,7 @@ def _outputs(gr: Any, label: str) -> tuple[Any, Any]:
 def _reconstruct_tab(gr: Any, explorer: Explorer, settings: list[Any]) -> None:
     with gr.Tab("Reconstruct"):
         example, image = _image_picker(gr, explorer, "image", upload_api="upload")
-        button = gr.Button("Reconstruct", variant="primary")
+        button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
         gallery, note = _outputs(gr, "original, then each run's reconstructions")
 
         def reconstruct(example_name: str | None, path: str | None, *values: Any) -> ExploreResult:
@@ -165,7 +165,7 @@ def _steer_tab(gr: Any, explorer: Explorer, settings: list[Any], run: Any) -> No
         gr.Markdown("One slider per concept: 0 removes it, 1 keeps it, 2 doubles it (the paper uses 0.25).")
         with gr.Row():
             sliders = [gr.Slider(0, 2, value=1, step=0.05, label=f"concept {k}") for k in range(explorer.n_concepts)]
-        button = gr.Button("Steer", variant="primary")
+        button = gr.Button("Steer", variant="primary", elem_id="steer-button")
         gallery, note = _outputs(gr, "original, Grad-CAM, reconstruction; per concept: map, changed pixels, steered")
 
         def steer(example_name: str | None, path: str | None, run_name: str, *values: Any) -> ExploreResult:
@@ -189,7 +189,7 @@ def _compose_tab(gr: Any, explorer: Explorer, settings: list[Any], run: Any) -> 
             preset = gr.Dropdown(list(REGIONS), value="top-left", label="region of A that takes B's features")
             cells = gr.Textbox(label=f"or feature-grid cells x0,y0,x1,y1 (grid {grid}; end exclusive)",
                                placeholder="e.g. 0,0,1,1")
-        button = gr.Button("Compose", variant="primary")
+        button = gr.Button("Compose", variant="primary", elem_id="compose-button")
         gallery, note = _outputs(gr, "A, A reconstructed, composed (region outlined), B reconstructed, B")
 
         def compose(name_a: str | None, path_a: str | None, name_b: str | None, path_b: str | None, region: str,
@@ -208,7 +208,7 @@ def _interpolate_tab(gr: Any, explorer: Explorer, settings: list[Any], run: Any)
             example_a, image_a = _image_picker(gr, explorer, "A")
             example_b, image_b = _image_picker(gr, explorer, "B", default_index=1)
         weight = gr.Slider(0, 1, value=0.5, step=0.05, label="share of A's feature map")
-        button = gr.Button("Interpolate", variant="primary")
+        button = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
         gallery, note = _outputs(gr, "A, the mixed map's reconstruction, B")
 
         def interpolate(name_a: str | None, path_a: str | None, name_b: str | None, path_b: str | None,
@@ -224,7 +224,7 @@ def _interpolate_tab(gr: Any, explorer: Explorer, settings: list[Any], run: Any)
 def _export_tab(gr: Any, explorer: Explorer) -> None:
     with gr.Tab("Export"):
         gr.Markdown("The session so far as one self-contained HTML file (images embedded), like the demo's report.")
-        button = gr.Button("Export session")
+        button = gr.Button("Export session", elem_id="export-button")
         file = gr.File(label="session HTML")
         note = gr.Markdown()
 
@@ -239,8 +239,12 @@ def _export_tab(gr: Any, explorer: Explorer) -> None:
 
 
 def launch(explorer: Explorer, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
-           say: Callable[[str], None] = print) -> Any:
-    """Serve the page (no share link, uploads capped); returns ``(app, url)``. ``block=False`` for tests."""
+           say: Callable[[str], None] = print, page_script: str | None = None) -> Any:
+    """Serve the page (no share link, uploads capped); returns ``(app, url)``.
+
+    ``block=False`` returns at once (tests, notebooks); ``page_script`` is JavaScript run when the page loads
+    (a browser test or a screenshot drives the page with it).
+    """
     gr = require_gradio()
     if host not in LOCAL_HOSTS:
         say(f"warning: listening on {host}: anyone who can reach this machine can use the explorer (and its CPU); "
@@ -249,7 +253,8 @@ def launch(explorer: Explorer, host: str = "127.0.0.1", port: int | None = None,
     theme = gr.themes.Default(font=["sans-serif"], font_mono=["monospace"])  # system fonts: no CDN offline
     _, url, _ = app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
                            max_file_size=MAX_UPLOAD_BYTES, theme=theme, footer_links=[], show_error=False,
-                           inbrowser=False, ssr_mode=False, mcp_server=False, enable_monitoring=False)
+                           inbrowser=False, ssr_mode=False, mcp_server=False, enable_monitoring=False,
+                           js=page_script)
     say(f"featinv explore is running at {url} (Ctrl-C stops it)")
     if block:
         try:
