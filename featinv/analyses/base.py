@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -84,7 +85,6 @@ class AnalysisResult(GridDisplay):
 
     def display_rows(self) -> list[list[Panel]]:
         """Every item's rows; an item without ``display_rows`` shows its written figure, if any."""
-        import numpy as np
         from PIL import Image
 
         rows: list[list[Panel]] = []
@@ -95,9 +95,6 @@ class AnalysisResult(GridDisplay):
                 with Image.open(self.figures[index]) as figure:
                     rows.append([(str(getattr(item, "name", index)), np.asarray(figure.convert("RGB")))])
         return rows
-
-    def display_title(self) -> str:
-        return f"{self.analysis}: {len(self.items)} item(s)" + (f", written to {self.out_dir}" if self.out_dir else "")
 
     def display_notes(self) -> list[str]:
         return [f"warning: {message}" for message in self.warnings]
