@@ -3,9 +3,7 @@ Python API's images, bad uploads are messages in the page, and headless Chromium
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -109,40 +107,51 @@ def test_bad_input_is_a_message_in_the_page(served, client, tmp_path):
     assert gallery == [] and "leaves the" in note
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if path is None:
+#: the standard deviation of each loaded image's pixels in a gallery (0 for a blank image)
+GALLERY_SPREAD = """(() => [...document.querySelectorAll('#NAME-gallery img')]
+  .filter(img => img.complete && img.naturalWidth > 0).map(img => {
+    const canvas = document.createElement('canvas');
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const context = canvas.getContext('2d'); context.drawImage(img, 0, 0);
+    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let sum = 0, squares = 0;
+    for (let k = 0; k < data.length; k++) { if (k % 4 !== 3) { sum += data[k]; squares += data[k] * data[k]; } }
+    const n = data.length * 3 / 4, mean = sum / n;
+    return Math.sqrt(Math.max(squares / n - mean * mean, 0));
+  }))()"""
+MOVE_SLIDER = """(() => { const slider = document.querySelector('#concept-0-slider input[type=range]');
+  Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(slider, '0.25');
+  slider.dispatchEvent(new Event('input', {bubbles: true})); return slider.value; })()"""
+
+
+def test_a_user_reconstructs_and_steers_in_headless_chromium(served, tmp_path):
+    """Open the page, click Reconstruct on the example shown, wait for the images; open Steer concepts, move
+    concept 0's slider to 0.25, click Steer, wait for the steered images; all shown and none blank."""
+    from tests.chromium import Chromium, find_chromium
+
+    binary = find_chromium()
+    if binary is None:
         pytest.skip("no Chromium found (Debian: apt-get install chromium); .ci/run installs it")
-    return path
-
-
-#: clicks the Reconstruct button once the page has loaded (what a user does first)
-CLICK_RECONSTRUCT = "() => { setTimeout(() => document.getElementById('reconstruct-button').click(), 1000); }"
-
-
-def test_the_page_renders_and_reconstructs_in_headless_chromium(served, tmp_path):
-    """Open the page, click Reconstruct on the example shown, and see the panels and the answer's images.
-
-    The answer is computed beforehand (same image, same settings), so the click is served from the cache
-    and the browser's virtual clock never outruns the sampler.
-    """
-    browser = _chromium()
-    explorer = served[0]
-    explorer.reconstruct(explorer.example("noise.png"), name="noise.png")
-    app, url = launch(explorer, port=free_port(), block=False, say=lambda _line: None, page_script=CLICK_RECONSTRUCT)
-    try:
-        common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-                  "--virtual-time-budget=15000", f"--user-data-dir={tmp_path / 'profile'}"]
-        dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
-        shot = tmp_path / "explore.png"
-        subprocess.run([*common, "--window-size=1280,1200", f"--screenshot={shot}", url], capture_output=True,
-                       timeout=90, check=True)
-    finally:
-        app.close()
-    for panel in PANELS:
-        assert panel in dom, f"panel {panel!r} missing from the rendered page"
-    assert "noise.png" in dom  # the examples given with --images
-    assert "run0 seed 0, cos" in dom and "run1 seed 1, cos" in dom, "the reconstructions did not appear"
+    with Chromium(binary, tmp_path / "profile") as page:
+        page.open(served[2])
+        page.wait_for("!!document.getElementById('reconstruct-button')", what="the page to load")
+        text = page.evaluate("document.body.innerText")
+        assert all(panel in text for panel in PANELS), text[:500]
+        page.evaluate("document.getElementById('reconstruct-button').click()")
+        page.wait_for("document.body.innerText.includes('run1 seed 1, cos')", 120, "the reconstructions")
+        spread = page.wait_for(GALLERY_SPREAD.replace("NAME", "reconstruct") + ".length === 5 && "
+                               + GALLERY_SPREAD.replace("NAME", "reconstruct"), what="the 5 images to load")
+        assert min(spread) > 1, f"a blank image among the reconstructions: {spread}"
+        page.evaluate("[...document.querySelectorAll('button[role=tab]')].find(b => b.textContent.trim() === "
+                      "'Steer concepts').click()")
+        page.wait_for("!!document.querySelector('#concept-0-slider input[type=range]')", what="the Steer panel")
+        assert page.evaluate(MOVE_SLIDER) == "0.25"
+        page.evaluate("document.getElementById('steer-button').click()")
+        page.wait_for("document.body.innerText.includes('concept 0 x0.25')", 180, "the steered reconstruction")
+        spread = page.wait_for(GALLERY_SPREAD.replace("NAME", "steer") + ".length === 9 && "
+                               + GALLERY_SPREAD.replace("NAME", "steer"), what="the 9 steering images to load")
+        assert min(spread) > 1, f"a blank image among the steering panels: {spread}"
+        shot = page.screenshot(tmp_path / "explore.png")
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("L"), dtype=np.float32)
-    assert pixels.shape == (1200, 1280) and pixels.std() > 10  # not a blank page
+    assert pixels.shape == (1200, 1280) and pixels.std() > 10

@@ -137,8 +137,9 @@ def build_app(explorer: Explorer) -> Any:
     return app
 
 
-def _outputs(gr: Any, label: str) -> tuple[Any, Any]:
-    gallery = gr.Gallery(label=label, columns=4, height="auto", format="png", object_fit="contain")
+def _outputs(gr: Any, label: str, name: str) -> tuple[Any, Any]:
+    gallery = gr.Gallery(label=label, columns=4, height="auto", format="png", object_fit="contain",
+                         elem_id=f"{name}-gallery")
     note = gr.Markdown()
     return gallery, note
 
@@ -147,7 +148,7 @@ def _reconstruct_tab(gr: Any, explorer: Explorer, settings: list[Any]) -> None:
     with gr.Tab("Reconstruct"):
         example, image = _image_picker(gr, explorer, "image", upload_api="upload")
         button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
-        gallery, note = _outputs(gr, "original, then each run's reconstructions")
+        gallery, note = _outputs(gr, "original, then each run's reconstructions", "reconstruct")
 
         def reconstruct(example_name: str | None, path: str | None, *values: Any) -> ExploreResult:
             return explorer.reconstruct(explorer.open_upload(path), _settings(*values), _name(example_name, path))
@@ -164,9 +165,10 @@ def _steer_tab(gr: Any, explorer: Explorer, settings: list[Any], run: Any) -> No
         example, image = _image_picker(gr, explorer, "image")
         gr.Markdown("One slider per concept: 0 removes it, 1 keeps it, 2 doubles it (the paper uses 0.25).")
         with gr.Row():
-            sliders = [gr.Slider(0, 2, value=1, step=0.05, label=f"concept {k}") for k in range(explorer.n_concepts)]
+            sliders = [gr.Slider(0, 2, value=1, step=0.05, label=f"concept {k}", elem_id=f"concept-{k}-slider")
+                       for k in range(explorer.n_concepts)]
         button = gr.Button("Steer", variant="primary", elem_id="steer-button")
-        gallery, note = _outputs(gr, "original, Grad-CAM, reconstruction; per concept: map, changed pixels, steered")
+        gallery, note = _outputs(gr, "original, Grad-CAM, reconstruction; per concept: map, changed pixels, steered", "steer")
 
         def steer(example_name: str | None, path: str | None, run_name: str, *values: Any) -> ExploreResult:
             factors, sampling = values[:explorer.n_concepts], values[explorer.n_concepts:]
@@ -190,7 +192,7 @@ def _compose_tab(gr: Any, explorer: Explorer, settings: list[Any], run: Any) -> 
             cells = gr.Textbox(label=f"or feature-grid cells x0,y0,x1,y1 (grid {grid}; end exclusive)",
                                placeholder="e.g. 0,0,1,1")
         button = gr.Button("Compose", variant="primary", elem_id="compose-button")
-        gallery, note = _outputs(gr, "A, A reconstructed, composed (region outlined), B reconstructed, B")
+        gallery, note = _outputs(gr, "A, A reconstructed, composed (region outlined), B reconstructed, B", "compose")
 
         def compose(name_a: str | None, path_a: str | None, name_b: str | None, path_b: str | None, region: str,
                     cell_text: str, run_name: str, *values: Any) -> ExploreResult:
@@ -209,7 +211,7 @@ def _interpolate_tab(gr: Any, explorer: Explorer, settings: list[Any], run: Any)
             example_b, image_b = _image_picker(gr, explorer, "B", default_index=1)
         weight = gr.Slider(0, 1, value=0.5, step=0.05, label="share of A's feature map")
         button = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
-        gallery, note = _outputs(gr, "A, the mixed map's reconstruction, B")
+        gallery, note = _outputs(gr, "A, the mixed map's reconstruction, B", "interpolate")
 
         def interpolate(name_a: str | None, path_a: str | None, name_b: str | None, path_b: str | None,
                         share: float, run_name: str, *values: Any) -> ExploreResult:
@@ -239,12 +241,8 @@ def _export_tab(gr: Any, explorer: Explorer) -> None:
 
 
 def launch(explorer: Explorer, host: str = "127.0.0.1", port: int | None = None, block: bool = True,
-           say: Callable[[str], None] = print, page_script: str | None = None) -> Any:
-    """Serve the page (no share link, uploads capped); returns ``(app, url)``.
-
-    ``block=False`` returns at once (tests, notebooks); ``page_script`` is JavaScript run when the page loads
-    (a browser test or a screenshot drives the page with it).
-    """
+           say: Callable[[str], None] = print) -> Any:
+    """Serve the page (no share link, uploads capped); returns ``(app, url)``; ``block=False`` returns at once."""
     gr = require_gradio()
     if host not in LOCAL_HOSTS:
         say(f"warning: listening on {host}: anyone who can reach this machine can use the explorer (and its CPU); "
@@ -253,8 +251,7 @@ def launch(explorer: Explorer, host: str = "127.0.0.1", port: int | None = None,
     theme = gr.themes.Default(font=["sans-serif"], font_mono=["monospace"])  # system fonts: no CDN offline
     _, url, _ = app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
                            max_file_size=MAX_UPLOAD_BYTES, theme=theme, footer_links=[], show_error=False,
-                           inbrowser=False, ssr_mode=False, mcp_server=False, enable_monitoring=False,
-                           js=page_script)
+                           inbrowser=False, ssr_mode=False, mcp_server=False, enable_monitoring=False)
     say(f"featinv explore is running at {url} (Ctrl-C stops it)")
     if block:
         try:
