@@ -17,7 +17,7 @@ from featinv.analyses.steering import Steering
 from featinv.apps.explorer import Explorer, ExploreSettings
 from featinv.data import to_uint8
 from featinv.errors import FeatinvError
-from tests.fixtures_model import make_tiny_model
+from tests.fixtures_model import make_tiny_model, make_tiny_photos
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,14 +40,6 @@ def tiny_concepts(model, photos):
     return decomposer
 
 
-def tiny_photos() -> dict[str, Image.Image]:
-    gen = np.random.default_rng(0)
-    noise = Image.fromarray((gen.random((40, 48, 3)) * 255).astype(np.uint8))
-    yy, xx = np.mgrid[0:40, 0:40]
-    ramp = Image.fromarray(np.stack([xx * 6, yy * 6, 255 - xx * 3], -1).astype(np.uint8))
-    return {"noise.png": noise, "ramp.png": ramp}
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     torch.manual_seed(0)
@@ -56,7 +48,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos():
-    return tiny_photos()
+    return make_tiny_photos()
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 from featinv.apps.explore_ui import PANELS, launch  # noqa: E402
 from featinv.apps.explorer import Explorer, ExploreSettings  # noqa: E402
 from featinv.data import to_uint8  # noqa: E402
-from tests.fixtures_model import make_tiny_model  # noqa: E402
-from tests.test_explore import tiny_concepts, tiny_photos, tiny_pooled_twin  # noqa: E402
+from tests.fixtures_model import make_tiny_model, make_tiny_photos  # noqa: E402
+from tests.test_explore import tiny_concepts, tiny_pooled_twin  # noqa: E402
 
 FAST = ExploreSettings(steps=2, seeds=2)
 #: the Settings panel's values in the order every panel takes them: steps, scheduler, guidance, feature
@@ -37,7 +37,7 @@ def served(tmp_path_factory):
     """(explorer, model, url, examples folder) with the page listening on 127.0.0.1."""
     torch.manual_seed(0)
     model = make_tiny_model(tmp_path_factory.mktemp("explore-server"))
-    photos = tiny_photos()
+    photos = make_tiny_photos()
     folder = tmp_path_factory.mktemp("examples")
     for name, image in photos.items():
         image.save(folder / name)

@@ -321,6 +321,12 @@ class Explorer:
 
         return self._answer("steer", (image_digest(image), tuple(factors), run), settings, compute)
 
+    def _pair(self, analysis: Any, run: str, image_a: Image.Image, image_b: Image.Image,
+              names: tuple[str, str]) -> Any:
+        """The one item of a two-image analysis (composition, interpolation) for A and B on ``run``."""
+        return analysis.compute(self.models[run], [NamedImage(names[0], image_a)],
+                                others=[NamedImage(names[1], image_b)])[0]
+
     def compose(self, image_a: Image.Image, image_b: Image.Image, region: str,
                 settings: ExploreSettings | None = None, run: str | None = None,
                 names: tuple[str, str] = ("A", "B")) -> ExploreResult:
@@ -331,9 +337,8 @@ class Explorer:
         run = self.analysis_run(run)
 
         def compute() -> tuple[str, list[list[Panel]], list[str]]:
-            analysis = Composition(regions=[region], progress=False, sampling=settings.sampling())
-            item = analysis.compute(self.models[run], [NamedImage(names[0], image_a)],
-                                    others=[NamedImage(names[1], image_b)])[0]
+            item = self._pair(Composition(regions=[region], progress=False, sampling=settings.sampling()), run,
+                              image_a, image_b, names)
             grid = "x".join(map(str, item.grid))
             cells = item.regions[0].as_dict()["cells"]
             return f"{item.names[0]} + {item.names[1]} in {region}", item.display_rows(), [
@@ -352,9 +357,8 @@ class Explorer:
         run = self.analysis_run(run)
 
         def compute() -> tuple[str, list[list[Panel]], list[str]]:
-            analysis = Interpolation(weights=[weight], progress=False, sampling=settings.sampling())
-            item = analysis.compute(self.models[run], [NamedImage(names[0], image_a)],
-                                    others=[NamedImage(names[1], image_b)])[0]
+            item = self._pair(Interpolation(weights=[weight], progress=False, sampling=settings.sampling()), run,
+                              image_a, image_b, names)
             return (f"{100 * weight:.0f}% {item.names[0]} + {100 * (1 - weight):.0f}% {item.names[1]}",
                     item.display_rows(), [f"run {run}; cosine of the mixed map vs its reconstruction "
                                           f"{item.cosine[0]:.3f} (A {item.cosine_a[0]:.3f}, B {item.cosine_b[0]:.3f})"])
