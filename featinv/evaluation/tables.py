@@ -44,7 +44,8 @@ def _table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
     fid_labels = sorted({s["fid"]["label"] for s in summaries if s.get("fid")}) or ["FID"]
     kid_labels = sorted({s["kid"]["label"] for s in summaries if s.get("kid")})
     pixels = any(s.get("pixel_checks") for s in summaries)
-    header = ["Model", "cosine-sim", "top5(1) match", *fid_labels, *kid_labels,
+    topk = any("top5" in s for s in summaries) or not summaries  # encoders without a classifier: no column
+    header = ["Model", "cosine-sim", *(["top5(1) match"] if topk else []), *fid_labels, *kid_labels,
               *(["pixel MSE", "SSIM", "high-freq ratio"] if pixels else []), "n"]
     labels = [s.get("model", "?") for s in summaries]
     if len(set(labels)) < len(labels):  # e.g. one run at several guidance scales: tell the rows apart
@@ -52,7 +53,9 @@ def _table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
                   if isinstance(s.get("guidance_scale"), (int, float)) else lab for lab, s in zip(labels, summaries, strict=True)]
     rows = []
     for s, model_label in zip(summaries, labels, strict=True):
-        cells = [model_label, _fmt_cos(s.get("cosine_sim", {})), f"{_fmt_pct(s.get('top5'))} ({_fmt_pct(s.get('top1'))})"]
+        cells = [model_label, _fmt_cos(s.get("cosine_sim", {}))]
+        if topk:
+            cells.append(f"{_fmt_pct(s.get('top5'))} ({_fmt_pct(s.get('top1'))})")
         for lab in fid_labels:
             value = (s.get("fid") or {}).get("value") if (s.get("fid") or {}).get("label") == lab else None
             cells.append("n/a" if value is None else f"{value:.2f}")
