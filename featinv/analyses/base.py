@@ -68,8 +68,7 @@ class AnalysisResult(GridDisplay):
 
     ``items`` holds one per-image result object (analysis-specific, with arrays); ``summary`` is what
     ``summary.json`` contains; ``warnings`` are the out-of-distribution warnings raised along the way. In
-    Jupyter it shows as the items' panels (or, for items that do not say how to show themselves, the
-    figures written), with the warnings below.
+    Jupyter it shows as the items' panels (or their written figures), with the warnings below.
     """
 
     analysis: str
