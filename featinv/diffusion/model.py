@@ -58,13 +58,9 @@ class Reconstruction(GridDisplay):
         """One row: every image, captioned with its seed and (when computed) its cosine to its map."""
         from featinv.data import to_uint8
 
-        panels = []
-        for index, image in enumerate(self.images):
-            caption = f"seed {self.seeds[index]}"
-            if self.fidelity is not None:
-                caption += f" cos {float(self.fidelity[index]):.2f}"
-            panels.append((caption, to_uint8(image)))
-        return [panels]
+        cosines = [""] * len(self) if self.fidelity is None else [f" cos {float(c):.2f}" for c in self.fidelity]
+        return [[(f"seed {seed}{cos}", to_uint8(image)) for seed, cos, image in zip(self.seeds, cosines, self.images,
+                                                                                    strict=True)]]
 
     def resized(self, size: tuple[int, int] | int) -> torch.Tensor:
         """Bilinear resize to e.g. the backbone's input size (the paper's last pipeline step)."""
