@@ -118,3 +118,15 @@ def make_tiny_images(folder: Path, count: int = 2, size: int = 24) -> Path:
         pixels = (torch.rand(size, size, 3, generator=gen) * 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(folder / f"img{i}.png")
     return folder
+
+
+def make_tiny_photos() -> dict:
+    """Two small deterministic pictures with structure: uniform noise (40x48) and a colour ramp (40x40)."""
+    import numpy as np
+    from PIL import Image
+
+    gen = np.random.default_rng(0)
+    noise = Image.fromarray((gen.random((40, 48, 3)) * 255).astype(np.uint8))
+    yy, xx = np.mgrid[0:40, 0:40]
+    ramp = Image.fromarray(np.stack([xx * 6, yy * 6, 255 - xx * 3], -1).astype(np.uint8))
+    return {"noise.png": noise, "ramp.png": ramp}

@@ -17,7 +17,7 @@ from featinv.analyses.interpolation import Interpolation, interpolate, parse_wei
 from featinv.analyses.shift import FeatureShiftWarning, check_feature_norms, reference_norms
 from featinv.analyses.steering import Steering, parse_concepts, steer_concepts
 from featinv.errors import FeatinvError
-from tests.fixtures_model import make_tiny_model
+from tests.fixtures_model import make_tiny_model, make_tiny_photos
 
 FAST = {"steps": 2, "progress": False}
 
@@ -30,11 +30,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos():
-    gen = np.random.default_rng(0)
-    a = Image.fromarray((gen.random((40, 48, 3)) * 255).astype(np.uint8))
-    yy, xx = np.mgrid[0:40, 0:40]
-    b = Image.fromarray(np.stack([xx * 6, yy * 6, 255 - xx * 3], -1).astype(np.uint8))
-    return [("noise.png", a), ("ramp.png", b)]
+    return list(make_tiny_photos().items())
 
 
 @pytest.fixture(scope="module")

@@ -225,6 +225,10 @@ CASES: list[tuple[str, Callable[[A, Path], list], str]] = [
       ]],
     ("show-out-is-folder", lambda a, o: ["concepts", "show", "--concepts", a["concepts"], "--image", a["image"],
                                          "--out", a["empty"]], "is a folder"),
+    # explore: every bad argument fails at start-up, before a page is served
+    ("explore-run", lambda a, o: ["explore", "--run", a["root"] / "nope"], "does not exist"),
+    ("explore-concepts", lambda a, o: ["explore", "--run", a["run"], "--concepts", a["empty"]], "concepts"),
+    ("explore-images", lambda a, o: ["explore", "--run", a["run"], "--images", a["empty"]], "no images found"),
 ]
 # the lambdas above all take (assets, out); ids must be unique so a failure names its case
 assert len({c[0] for c in CASES}) == len(CASES)

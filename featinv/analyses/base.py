@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from featinv.analyses.shift import FeatureShiftWarning
 from featinv.errors import FeatinvError
 from featinv.io import locks_output
+from featinv.report.notebook import GridDisplay, Panel
 from featinv.validation import check_count
 
 if TYPE_CHECKING:
@@ -61,11 +63,12 @@ class NamedImage:
 
 
 @dataclass
-class AnalysisResult:
+class AnalysisResult(GridDisplay):
     """What an analysis run wrote and computed.
 
     ``items`` holds one per-image result object (analysis-specific, with arrays); ``summary`` is what
-    ``summary.json`` contains; ``warnings`` are the out-of-distribution warnings raised along the way.
+    ``summary.json`` contains; ``warnings`` are the out-of-distribution warnings raised along the way. In
+    Jupyter it shows as the items' panels (or their written figures), with the warnings below.
     """
 
     analysis: str
@@ -78,6 +81,22 @@ class AnalysisResult:
     @property
     def summary_path(self) -> Path | None:
         return None if self.out_dir is None else self.out_dir / "summary.json"
+
+    def display_rows(self) -> list[list[Panel]]:
+        """Every item's rows; an item without ``display_rows`` shows its written figure, if any."""
+        from PIL import Image
+
+        rows: list[list[Panel]] = []
+        for index, item in enumerate(self.items):
+            if isinstance(item, GridDisplay):
+                rows += item.display_rows()
+            elif index < len(self.figures):
+                with Image.open(self.figures[index]) as figure:
+                    rows.append([(str(getattr(item, "name", index)), np.asarray(figure.convert("RGB")))])
+        return rows
+
+    def display_notes(self) -> list[str]:
+        return [f"warning: {message}" for message in self.warnings]
 
 
 # --------------------------------------------------------------------------------------------- inputs

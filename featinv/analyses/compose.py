@@ -49,6 +49,7 @@ from featinv.analyses.shift import (
     warn_if_shifted,
 )
 from featinv.errors import FeatinvError
+from featinv.report.notebook import GridDisplay, Panel
 
 __all__ = ["NAMED_REGIONS", "Composition", "CompositionItem", "Region", "compose", "outline_width", "parse_region"]
 
@@ -165,7 +166,7 @@ def compose_maps(fa: Tensor, fb: Tensor, region: Region) -> Tensor:
 
 
 @dataclass
-class CompositionItem:
+class CompositionItem(GridDisplay):
     """One A/B pair: A's and B's reconstructions, one composite per region, cosines and outlined panels."""
 
     name: str
@@ -189,6 +190,16 @@ class CompositionItem:
         image = to_uint8(self.composites[index])
         box = self.regions[index].pixels(image.shape[1], image.shape[0], self.grid)
         return draw_box_outline(image, box, YELLOW, width=outline_width(image.shape[0]))
+
+    def display_rows(self) -> list[list[Panel]]:
+        """The figure's panels in one row: A, its reconstruction, one outlined composite per region, B's, B."""
+        composites = [(f"B in {r.label}, {format_cosine(c)}", self.outlined(j))
+                      for j, (r, c) in enumerate(zip(self.regions, self.cosine, strict=True))]
+        return [[(f"A: {self.names[0]}", self.image_a),
+                 (f"A reconstructed, {format_cosine(self.cosine_reference[0])}", to_uint8(self.reconstruction_a)),
+                 *composites,
+                 (f"B reconstructed, {format_cosine(self.cosine_reference[1])}", to_uint8(self.reconstruction_b)),
+                 (f"B: {self.names[1]}", self.image_b)]]
 
     def numbers(self) -> dict[str, Any]:
         """Numbers as JSON: per region, cosine of the composed map vs its reconstruction, A and B."""

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from PIL import Image
 
-__all__ = ["YELLOW", "display_image", "draw_box_outline", "format_cosine", "image_panel", "new_figure", "to_uint8"]
+__all__ = ["YELLOW", "display_image", "draw_box_outline", "format_cosine", "heat_overlay", "image_panel", "masked_view",
+           "new_figure", "to_uint8"]
 
 YELLOW = (255, 255, 0)
 
@@ -77,3 +78,20 @@ def format_cosine(value: float) -> str:
     """The caption under a reconstruction: its feature cosine with the map it came from."""
     return f"cos {value:.2f}"
 
+
+
+def masked_view(image: np.ndarray, mask: np.ndarray, dim: float = 0.25) -> np.ndarray:
+    """``image`` (uint8 ``[H, W, 3]``) with the pixels outside ``mask`` dimmed to ``dim``: FeatInv-Viz's panel."""
+    return (image.astype(np.float32) * np.where(mask, 1.0, dim)[..., None]).astype(np.uint8)
+
+
+def heat_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``heat`` (``[H, W]`` in [0, 1]) in the jet colour map blended over ``image``, as one uint8 array.
+
+    The same picture as ``imshow(heat, cmap="jet", alpha=alpha)`` over the image, for places that show
+    arrays rather than matplotlib axes (notebooks, the explorer).
+    """
+    from matplotlib import colormaps
+
+    colours = colormaps["jet"](np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0))[..., :3] * 255.0
+    return (image.astype(np.float32) * (1.0 - alpha) + colours * alpha).round().clip(0, 255).astype(np.uint8)

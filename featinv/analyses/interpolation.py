@@ -42,6 +42,7 @@ from featinv.analyses.shift import (
     warn_if_shifted,
 )
 from featinv.errors import FeatinvError
+from featinv.report.notebook import GridDisplay, Panel
 
 __all__ = ["DEFAULT_WEIGHTS", "Interpolation", "InterpolationItem", "interpolate", "parse_weights"]
 
@@ -72,7 +73,7 @@ def mix(fa: Tensor, fb: Tensor, weight: float) -> Tensor:
 
 
 @dataclass
-class InterpolationItem:
+class InterpolationItem(GridDisplay):
     """One A/B pair: reconstructions per weight and their cosine similarities."""
 
     name: str
@@ -86,6 +87,12 @@ class InterpolationItem:
     cosine_b: list[float]           # f(B) vs the reconstruction's features
     names: tuple[str, str] = ("a", "b")
     norm_checks: list[dict[str, Any]] = field(default_factory=list)
+
+    def display_rows(self) -> list[list[Panel]]:
+        """The figure's panels in one row: A, one reconstruction per weight (share of A, cosine), B."""
+        steps = [(f"{100 * w:.0f}% A, {format_cosine(c)}", to_uint8(image))
+                 for w, c, image in zip(self.weights, self.cosine, self.reconstructions, strict=True)]
+        return [[(f"A: {self.names[0]}", self.image_a), *steps, (f"B: {self.names[1]}", self.image_b)]]
 
     def numbers(self) -> dict[str, Any]:
         """Numbers as JSON: per weight, cosine of the mixture vs its reconstruction, A and B."""

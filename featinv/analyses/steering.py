@@ -36,7 +36,9 @@ from featinv.analyses.base import (
 )
 from featinv.analyses.figures import (
     display_image,
+    heat_overlay,
     image_panel,
+    masked_view,
     new_figure,
     to_uint8,
 )
@@ -46,6 +48,7 @@ from featinv.analyses.shift import (
     warn_if_shifted,
 )
 from featinv.errors import FeatinvError
+from featinv.report.notebook import GridDisplay, Panel
 
 __all__ = ["Steering", "SteeringItem", "gradcam", "parse_concepts", "steer_concepts"]
 
@@ -139,7 +142,7 @@ def _gradcam_nchw(backbone: Any, module: torch.nn.Module, x: Tensor, target: int
 
 
 @dataclass
-class SteeringItem:
+class SteeringItem(GridDisplay):
     """FeatInv-Viz result for one image; maps are ``[K, R, R]`` at the reconstruction resolution."""
 
     name: str
@@ -160,6 +163,26 @@ class SteeringItem:
     energy_share: list[float]         # concept's share of the feature map's squared norm
     reconstruction_cosine: float      # median cosine of the original reconstructions' features vs the map
     norm_checks: list[dict[str, Any]] = field(default_factory=list)
+    attenuate: float | None = None    # the factor each concept was scaled by
+
+    def display_rows(self) -> list[list[Panel]]:
+        """The original, Grad-CAM and the reconstruction; then per concept its map, its FeatInv-Viz mask and
+        the steered reconstruction (the figure's panels, for notebooks and the explorer)."""
+        top = [("original", self.image)]
+        if self.gradcam is not None:
+            top.append(("Grad-CAM (top-1)", heat_overlay(self.image, self.gradcam.numpy())))
+        top.append((f"reconstruction, cos {self.reconstruction_cosine:.2f}", to_uint8(self.original_reconstruction)))
+        factor = "" if self.attenuate is None else f" x{self.attenuate:g}"
+        rows = [top]
+        for j, c in enumerate(self.concepts):
+            share = 100 * float(self.masks[j].float().mean())
+            rows.append([(f"concept {c} map", heat_overlay(self.image, self.concept_maps[j].numpy())),
+                         (f"concept {c}: {share:.0f}% changed", masked_view(self.image, self.masks[j].numpy())),
+                         (f"concept {c}{factor}", to_uint8(self.edited_reconstructions[j]))])
+        return rows
+
+    def display_title(self) -> str:
+        return f"{self.name}: top-1 {self.top1}" + (f" {self.top1_name}" if self.top1_name else "")
 
     def numbers(self) -> dict[str, Any]:
         """Numbers as JSON: per concept, difference, mask share, energy share and norm check."""
@@ -273,7 +296,7 @@ class Steering(Analysis):
             concept_maps=_normalise(upsampled.clamp_min(0)), coarse_maps=coarse, gradcam=cam,
             original_reconstruction=originals[0], edited_reconstructions=edits[:, 0], seeds=seeds,
             threshold=self.threshold, energy_share=[float(energy[c]) / total_energy for c in chosen],
-            reconstruction_cosine=rec_cos, norm_checks=checks,
+            reconstruction_cosine=rec_cos, norm_checks=checks, attenuate=self.attenuate,
         )
 
     def figure(self, item: SteeringItem) -> Any:
@@ -284,8 +307,7 @@ class Steering(Analysis):
         label = "" if item.top1 is None else f"top-1: {item.top1}" + (f" {item.top1_name}" if item.top1_name else "")
         image_panel(axes[0, 0], item.image, "original", label)
         for j, c in enumerate(item.concepts):
-            mask = item.masks[j].numpy()
-            dimmed = (item.image.astype(np.float32) * np.where(mask, 1.0, 0.25)[..., None]).astype(np.uint8)
+            dimmed = masked_view(item.image, item.masks[j].numpy())
             share = 100 * float(item.masks[j].float().mean())
             image_panel(axes[0, j + 1], dimmed, f"concept {c}: FeatInv-Viz", f"{share:.0f}% of pixels")
             image_panel(axes[1, j + 1], item.image, f"concept {c}: upsampled map")

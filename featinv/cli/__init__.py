@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "featinv.cli.concepts",
     "featinv.cli.viz",
     "featinv.cli.demo",
+    "featinv.cli.explore",
 )
 
 app = typer.Typer(

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from featinv.cli.explore import explore_command
 from featinv.cli.options import Quiet
 from featinv.console import console
 
@@ -27,6 +28,10 @@ def demo(
     result = run_demo(out, quick=quick, seed=seed, quiet=quiet, say=lambda msg: console.print(f"[bold cyan]{msg}[/]"))
     console.print(rich_table(list(result.metrics["results"].values()), title="FeatInv demo — Table 1 in small"))
     console.print(f"report: [bold]{result.report}[/] ({result.seconds / 60:.1f} min)")
+    console.print('explore these models in the browser (needs the app extra: pip install "featinv[app]"):',
+                  markup=False, highlight=False)
+    console.print("  " + explore_command([result.out / "featinv-unpooled", result.out / "featinv-pooled"],
+                                         result.out / "concepts"), markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,6 +27,7 @@ from featinv.diffusion.run_config import FORMAT, FORMAT_VERSION, check_run_confi
 from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, read_json, write_json
+from featinv.report.notebook import GridDisplay, Panel
 from featinv.validation import (
     check_count,
     check_finite,
@@ -48,8 +49,8 @@ _BASE_KEYS = ("latent_channels", "latent_size", "first_block_width", "cross_atte
 
 
 @dataclass
-class Reconstruction:
-    """Sampled images for a batch of feature maps."""
+class Reconstruction(GridDisplay):
+    """Sampled images for a batch of feature maps (in Jupyter: a grid captioned with seed and cosine)."""
 
     images: torch.Tensor           # [N, 3, R, R] in [0, 1] at the base resolution
     seeds: list[int]
@@ -61,6 +62,14 @@ class Reconstruction:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def display_rows(self) -> list[list[Panel]]:
+        """One row: every image, captioned with its seed and (when computed) its cosine to its map."""
+        from featinv.data import to_uint8
+
+        cosines = [""] * len(self) if self.fidelity is None else [f" cos {float(c):.2f}" for c in self.fidelity]
+        return [[(f"seed {seed}{cos}", to_uint8(image)) for seed, cos, image in zip(self.seeds, cosines, self.images,
+                                                                                    strict=True)]]
 
     def resized(self, size: tuple[int, int] | int) -> torch.Tensor:
         """Bilinear resize to e.g. the backbone's input size (the paper's last pipeline step)."""

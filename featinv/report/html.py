@@ -14,19 +14,28 @@ from featinv.io import write_text
 from featinv.report.figures import format_cell
 
 
+@dataclass(frozen=True)
+class InlineImage:
+    """A PNG held in memory (e.g. the explorer's panels), embedded like a figure file under ``name``."""
+
+    name: str
+    png: bytes
+
+
 @dataclass
 class Section:
-    """One part of an HTML report: a heading, paragraphs, a table and figures."""
+    """One part of an HTML report: a heading, paragraphs, a table and figures (files or in-memory PNGs)."""
 
     heading: str
     paragraphs: list[str] = field(default_factory=list)
     table: list[dict[str, Any]] = field(default_factory=list)
-    figures: list[Path] = field(default_factory=list)
+    figures: list[Path | InlineImage] = field(default_factory=list)
 
 
-def _img_tag(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+def _img_tag(figure: Path | InlineImage) -> str:
+    name, png = (figure.name, figure.png) if isinstance(figure, InlineImage) else (figure.name, Path(figure).read_bytes())
+    data = base64.b64encode(png).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}</figcaption></figure>'
 
 
 def _table_html(rows: Sequence[dict[str, Any]]) -> str:
