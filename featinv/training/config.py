@@ -129,6 +129,14 @@ class TrainConfig(LoopConfig):
     consistency_weight: float = 0.0
     consistency_max_t: int = DEFAULT_MAX_T
     consistency_fraction: float = 1.0
+    preset: str | None = None              # the featinv.presets name the settings came from (recorded in the run)
+
+    @classmethod
+    def from_preset(cls, preset: Any, **overrides: Any) -> TrainConfig:
+        """A config with a preset's values (``"paper:convnext"`` or a Preset); ``overrides`` win over them."""
+        from featinv.presets import get
+
+        return cls(**{**get(preset).train_settings(), **overrides})
 
     def check(self) -> None:
         super().check()
