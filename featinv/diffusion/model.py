@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from featinv.diffusion.bases import DiffusionBase, load_base
 from featinv.diffusion.consistency import FeatureConsistency
-from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
+from featinv.diffusion.controlnet import ControlScales, FeatInvControlNet, controlled_unet
 from featinv.diffusion.encoders import build_encoder
 from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, fidelity_scores
 from featinv.diffusion.sampler import denoise
@@ -272,7 +272,8 @@ class FeatInv:
     def reconstruct(self, features: torch.Tensor | None = None, images: Any = None, seeds: Any = (0,),
                     guidance_scale: float | None = None, steps: int = 50, scheduler: str = "ddim",
                     batch_size: int = 16, progress: bool = True, bf16: bool = False,
-                    feature_guidance: FeatureGuidance | float = 0.0, fidelity: bool = True) -> Reconstruction:
+                    feature_guidance: FeatureGuidance | float = 0.0, fidelity: bool = True,
+                    control_strength: float = 1.0, guess_mode: bool = False) -> Reconstruction:
         """Sample images whose features should match ``features`` (or those of ``images``).
 
         One seed per sample (or one seed for all); a sample's image depends only on its own features
@@ -280,13 +281,16 @@ class FeatInv:
         :meth:`Reconstruction.resized` for the backbone's input size. ``feature_guidance`` (a strength or
         a :class:`~featinv.diffusion.guidance.FeatureGuidance`) steers sampling toward the target features;
         0 is the paper's sampler, bit for bit. ``fidelity`` scores each output against its map (one
-        backbone pass) into :attr:`Reconstruction.fidelity`.
+        backbone pass) into :attr:`Reconstruction.fidelity`. ``control_strength`` (a scale on every ControlNet
+        residual) and ``guess_mode`` (no features in the unconditional branch, residual scales 0.825^(12-i))
+        are the authors' sampler controls; 1.0 and off are the paper's sampler, bit for bit.
         """
         if (features is None) == (images is None):
             raise FeatinvError("pass exactly one of features= or images= to reconstruct")
         check_steps(steps, limit=self.base.num_train_timesteps)
         check_count(batch_size, "batch size")
         steering = FeatureGuidance.of(feature_guidance)
+        control = ControlScales(control_strength, bool(guess_mode))
         if features is None:
             features = self.features(images)
         features = self._conditioning(torch.as_tensor(features))
@@ -312,14 +316,16 @@ class FeatInv:
                 target = GuidanceTarget(self.backbone, feats, self.base.decode, self.pooled) if steering.active else None
                 latents = denoise(self.base.unet, self.controlnet, sampler, feats, cond, uncond,
                                   seeds[start:start + b], latent_shape, steps=steps, guidance_scale=guidance,
-                                  bf16=bf16, on_step=advance, feature_guidance=steering, target=target)
+                                  bf16=bf16, on_step=advance, feature_guidance=steering, target=target,
+                                  control=control)
                 decoded = self.base.decode(latents)
                 if fidelity:
                     scores.append(fidelity_scores(self.backbone, decoded, feats, self.pooled))
                 outputs.append(decoded.cpu())
         return Reconstruction(images=torch.cat(outputs), seeds=seeds, features=features.cpu(),
                               meta={"guidance_scale": guidance, "steps": steps, "scheduler": scheduler,
-                                    "feature_guidance": steering.describe()},
+                                    "feature_guidance": steering.describe(),
+                                    **({} if control.is_default else control.describe())},
                               fidelity=torch.cat(scores) if fidelity else None)
 
 
