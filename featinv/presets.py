@@ -20,7 +20,7 @@ from featinv.errors import FeatinvError, did_you_mean
 MINISD = "sd:lambdalabs/miniSD-diffusers"
 RESIZE_MODES = ("bilinear", "bicubic", "model")
 #: Preset fields that are TrainConfig fields of the same name (``weights`` maps to ``backbone_weights``)
-_TRAIN_FIELDS = ("backbone", "layer", "input_size", "pooled", "base", "encoder", "lr", "weight_decay", "batch_size",
+_TRAIN_FIELDS = ("backbone", "layer", "input_size", "pooled", "base", "resolution", "encoder", "lr", "weight_decay", "batch_size",
                  "epochs", "drop_prob", "hflip", "vflip", "mixed_precision", "max_grad_norm", "guidance_scale")
 _EVAL_FIELDS = ("guidance_scale", "steps", "scheduler", "per_class", "resize_mode")
 
@@ -37,6 +37,7 @@ class Preset:
     input_size: int | None = None
     pooled: bool = False
     base: str = MINISD
+    resolution: int | None = 256         # MiniSD's image size; a base folder whose configs say otherwise is refused
     encoder: str = "conv"
     lr: float = 1e-5
     weight_decay: float = 1e-2           # torch's AdamW default, which the authors' code keeps

@@ -72,6 +72,12 @@ GuidanceNormalize = Annotated[str, typer.Option(
     "--guidance-normalize", help="Feature-guidance gradient normalisation: std (per sample) or none.")]
 
 
+ControlStrength = Annotated[float, typer.Option(
+    "--control-strength", min=0.0, help="Scale on every ControlNet residual (the authors' control strength; "
+    "1 = the paper's sampler).")]
+GuessMode = Annotated[bool, typer.Option(
+    "--guess-mode", help="The authors' guess mode: no features in the unconditional branch, residual scales "
+    "0.825^(12-i) from shallow to deep (off = the paper's sampler).")]
 PresetName = Annotated[str | None, typer.Option(
     "--preset", help="A named setup, e.g. paper:resnet50, paper:convnext, paper:swinv2 (+ -pooled); "
     "`featinv presets` shows every value it sets. Options given explicitly override it.")]

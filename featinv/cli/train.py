@@ -91,6 +91,8 @@ def train(
     encoder_option: EncoderOptions = None,
     weights: Weights = "pretrained",
     input_size: InputSize = None,
+    resolution: Annotated[int | None, typer.Option("--resolution", min=8, help="The diffusion base's image size "
+                                                   "in pixels (default: what its configs say; they must agree).")] = None,
     epochs: Epochs = 3.0,
     max_steps: MaxSteps = None,
     batch_size: TrainBatch = 8,
@@ -143,7 +145,7 @@ def train(
     encoder_kwargs = parse_options(encoder_option, option="--encoder-option", example="hidden=256") or None
     settings = dict(**loop_kwargs(values), backbone=backbone, base=base, layer=layer, pooled=pooled,
                     encoder=encoder, encoder_kwargs=encoder_kwargs, backbone_weights=weights, input_size=input_size,
-                    cache_features=cache_features, cache_views=cache_views,
+                    resolution=resolution, cache_features=cache_features, cache_views=cache_views,
                     hflip=not no_flips, vflip=not no_flips, features_from=features_from,
                     consistency_weight=consistency_weight, consistency_fraction=consistency_fraction,
                     **({"consistency_max_t": consistency_max_t} if consistency_max_t is not None else {}))

@@ -120,8 +120,12 @@ class FeatInv:
     def create(cls, backbone: Any, base: str | DiffusionBase, layer: str | None = None, pooled: bool = False,
                encoder: str = "conv", encoder_kwargs: dict[str, Any] | None = None,
                backbone_weights: str = "pretrained", input_size: int | None = None,
-               device: str | torch.device = "cpu", guidance_scale: float | None = None) -> FeatInv:
-        """A fresh model: ControlNet copied from the base UNet, encoder zero-initialised (changes nothing yet)."""
+               device: str | torch.device = "cpu", guidance_scale: float | None = None,
+               resolution: int | None = None) -> FeatInv:
+        """A fresh model: ControlNet copied from the base UNet, encoder zero-initialised (changes nothing yet).
+
+        ``resolution`` sets the base's image size (checked against its configs; see ``bases.check_resolution``).
+        """
         from featinv.features.backbone import backbone as make_backbone
 
         if isinstance(backbone, str):
@@ -129,7 +133,7 @@ class FeatInv:
         else:
             bb = backbone
             backbone_weights = getattr(bb, "weights", backbone_weights)
-        base = load_base(base, device=device)
+        base = load_base(base, device=device, resolution=resolution)
         grid = (base.latent_size, base.latent_size)
         enc = build_encoder(encoder, bb.info.channels, base.first_block_width, grid, **(encoder_kwargs or {}))
         controlnet = FeatInvControlNet.from_unet_and_encoder(base.unet, enc)
@@ -158,7 +162,8 @@ class FeatInv:
             backbone = make_backbone(entry["spec"], layer=entry["layer"], weights=entry.get("weights", "pretrained"),
                                      input_size=int(size[0]) if size else None, device=device)
         _check_backbone(backbone, entry, str(run_dir))
-        base_obj = load_base(base if base is not None else config["base"]["spec"], device=device)
+        base_obj = load_base(base if base is not None else config["base"]["spec"], device=device,
+                             resolution=config["base"].get("resolution"))
         _check_base(base_obj, config["base"], str(run_dir))
         controlnet = FeatInvControlNet.from_pretrained(run_dir / CONTROLNET_DIR)
         if int(controlnet.encoder.config.in_channels) != int(entry["channels"]):

@@ -112,6 +112,7 @@ class TrainConfig(LoopConfig):
     encoder_kwargs: dict[str, Any] | None = None  # --encoder-option KEY=VALUE: the encoder's __init__ options
     backbone_weights: str = "pretrained"
     input_size: int | None = None
+    resolution: int | None = None          # the base's image size; None: what its configs say (checked to agree)
     hflip: bool = True
     vflip: bool = True
     crop_scale: tuple[float, float] = CROP_SCALE

@@ -22,7 +22,8 @@ def training_plan(config: TrainConfig, world_size: int = 1) -> list[tuple[str, s
     images = load_training_images(config.data, max_samples=config.max_samples, seed=config.seed)
     model = FeatInv.create(config.backbone, config.base, layer=config.layer, pooled=config.pooled,
                            encoder=config.encoder, encoder_kwargs=config.encoder_kwargs, backbone_weights="none",
-                           input_size=config.input_size, device="cpu", guidance_scale=config.guidance_scale)
+                           input_size=config.input_size, device="cpu", guidance_scale=config.guidance_scale,
+                           resolution=config.resolution)
     info, base = model.backbone.info, model.base
     schedule = Schedule(n=len(images), batch_size=config.batch_size, world_size=world_size,
                         grad_accum=config.grad_accum)
