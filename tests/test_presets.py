@@ -154,3 +154,24 @@ def test_train_dry_run_with_a_preset_writes_nothing_and_explicit_flags_win(asset
     assert "320×3×3" in text                          # convnext_atto at 96 px: 320 channels on a 3x3 grid
     assert "global batch" in text and "2 (2 ×" in text  # --batch-size 2 beat the preset's 4
     assert "steps per epoch" in text
+
+
+# --------------------------------------------------------------------------------------------- model card
+def test_model_card_lists_the_model_the_training_and_labelled_metrics(tmp_path) -> None:
+    from featinv.report.card import write_model_card
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "backbone": {"spec": "torchvision:resnet50", "weights": "IMAGENET1K_V1", "layer": "layer4",
+                     "input_size": [224, 224], "channels": 2048, "grid": [7, 7]},
+        "base": {"spec": "sd:lambdalabs/miniSD-diffusers", "resolution": 256}, "pooled": False, "encoder": "conv"}))
+    (tmp_path / "train_config.json").write_text(json.dumps({"preset": "paper:resnet50", "lr": 1e-5, "data": "/in"}))
+    (tmp_path / "eval" / "val").mkdir(parents=True)
+    (tmp_path / "eval" / "val" / "metrics.json").write_text(json.dumps({"summary": {
+        "n_images": 10, "cosine_sim": {"mean": 0.41}, "cosine_sim_all_positions": {"median": 0.39},
+        "top5": 0.87, "top1": 0.63}}))
+    card = write_model_card(tmp_path).read_text()
+    assert card.startswith("---\nlibrary_name: featinv")
+    assert "base_model: lambdalabs/miniSD-diffusers" in card
+    assert "2048×7×7" in card and "IMAGENET1K_V1" in card and "`paper:resnet50`" in card
+    assert "| val | 10 | 0.410 | 0.390 | 87.0% | 63.0% |" in card
+    assert "median of all superpixels" in card
