@@ -104,6 +104,7 @@ class ControlScales:
 
     @property
     def is_default(self) -> bool:
+        """Whether these are the paper sampler's settings (nothing scaled)."""
         return self.strength == 1.0 and not self.guess_mode
 
     def scales(self, count: int) -> list[float] | None:
@@ -115,6 +116,7 @@ class ControlScales:
         return [float(self.strength)] * count
 
     def describe(self) -> dict[str, object]:
+        """The two settings as JSON, for a reconstruction's metadata and an output's settings."""
         return {"control_strength": float(self.strength), "guess_mode": bool(self.guess_mode)}
 
 
