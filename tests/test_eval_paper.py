@@ -64,3 +64,37 @@ def test_bilinear_resize_mode_overrides_the_model_interpolation() -> None:
     assert torch.equal(judge.normalize(images), judge.normalize(images, resize="model"))
     with pytest.raises(FeatinvError, match="resize mode"):
         judge.normalize(images, resize="lanczos")
+
+
+# ----------------------------------------------------------------------------------------- end to end
+def test_eval_cli_with_a_preset_resizes_bilinearly_judges_at_its_size_and_reports_both_cosines(tmp_path) -> None:
+    """`featinv eval --preset` (a test preset: the paper's choices on tiny models): bilinear resize, a judge
+    at 96 px, both cosine readings in metrics.json and metrics.md, the control settings recorded, the card."""
+    import json
+
+    from featinv import presets
+    from featinv.cli import main
+    from tests.fixtures_model import make_tiny_images, make_tiny_run
+
+    run = make_tiny_run(tmp_path)
+    data = tmp_path / "val"
+    make_tiny_images(data / "cat", count=2)
+    presets.register(presets.Preset(name="test:eval", description="tiny", backbone="timm:tf_efficientnet_lite0",
+                                    steps=2, per_class=2, evaluate_with=("timm:convnext_atto@96",)))
+    try:
+        args = ["eval", "--run", str(run), "--data", str(data), "--preset", "test:eval", "--fid", "none",
+                "--evaluate-weights", "none", "--control-strength", "0.5", "--quiet", "--json"]
+        try:
+            main(args)
+        except SystemExit as exc:
+            assert not exc.code
+    finally:
+        presets._REGISTERED.pop("test:eval")
+    out = run / "eval" / "val"
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["resize_mode"] == "bilinear" and summary["steps"] == 2 and summary["n_images"] == 2
+    assert summary["control_strength"] == 0.5 and summary["guess_mode"] is False
+    assert list(summary["cross_model"]) == ["timm:convnext_atto@96"]
+    assert summary["cosine_sim_all_positions"]["n_positions"] == 2 * 2 * 2  # 2 images, 2x2 grid at 64 px
+    assert "cosine-sim (all positions)" in (out / "metrics.md").read_text()
+    assert "| val | 2 |" in (run / "README.md").read_text()  # the model card now carries the metrics

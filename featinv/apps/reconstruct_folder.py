@@ -59,19 +59,23 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
                        out: str | os.PathLike[str], seeds: Sequence[int] = (0,), guidance_scale: float | None = None,
                        steps: int = 50, scheduler: str = "ddim", batch_size: int = 8, device: str = "cpu",
                        resize: bool = False, overwrite: bool = False, progress: bool = True,
-                       bf16: bool = False, feature_guidance: Any = 0.0) -> ReconstructSummary:
+                       bf16: bool = False, feature_guidance: Any = 0.0, control_strength: float = 1.0,
+                       guess_mode: bool = False) -> ReconstructSummary:
     """Reconstruct every image (files or folders) once per seed into ``out``.
 
     run: a run folder or a loaded :class:`~featinv.diffusion.model.FeatInv`. ``resize`` writes the
     images at the backbone's input size instead of the base resolution; ``bf16`` autocasts the
     denoiser on CUDA; ``feature_guidance`` (a strength or a ``FeatureGuidance``) steers sampling toward the
     features. Each output's ``fidelity`` (cosine to its target map) is recorded in the index.
+    ``control_strength`` / ``guess_mode``: the authors' sampler controls (1.0 / off = the paper's sampler).
     """
     from featinv.data import to_pil, try_open_image
+    from featinv.diffusion.controlnet import ControlScales
     from featinv.diffusion.guidance import FeatureGuidance
     from featinv.diffusion.model import FeatInv, load_model
 
     steering = FeatureGuidance.of(feature_guidance)
+    control = ControlScales(control_strength, bool(guess_mode))
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise FeatinvError("no seeds given; pass e.g. --seeds 0,1,2")
@@ -91,6 +95,7 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     # null when off: folders from before feature guidance (no such key) still resume, and a guided folder
     # rerun without guidance (or the reverse) is refused as a change of settings
     settings["feature_guidance"] = steering.describe() if steering.active else None
+    settings.update({} if control.is_default else control.describe())  # absent at the defaults, as before
 
     index = ResumableIndex(out_dir / INDEX_NAME, settings, what="reconstruction index", key="file",
                            rows_field="items", versioned=False)
@@ -133,7 +138,8 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
                 feats = model.features([opened[path] for path, _, _ in chunk])
                 rec = model.reconstruct(features=feats, seeds=[seed for _, seed, _ in chunk], guidance_scale=guidance,
                                         steps=steps, scheduler=scheduler, batch_size=batch_size, progress=False,
-                                        bf16=bf16, feature_guidance=steering)
+                                        bf16=bf16, feature_guidance=steering, control_strength=control.strength,
+                                        guess_mode=control.guess_mode)
                 pictures = rec.resized(tuple(size)) if resize else rec.images
                 for (path, seed, target), picture, score in zip(chunk, pictures, rec.fidelity, strict=True):
                     save_png(to_pil(picture), target)

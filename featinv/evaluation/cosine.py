@@ -40,9 +40,9 @@ def pooled_median(per_image: Iterable[np.ndarray | torch.Tensor]) -> float | Non
 
 
 def all_positions_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """``cosine_sim_all_positions`` for a summary: None when no row kept its positions (an older index)."""
-    kept = [decode_positions(r["cosine_positions"]) for r in rows if r.get("cosine_positions")]
-    if not kept:
-        return None
+    """``cosine_sim_all_positions`` for a summary: None unless every row kept its positions."""
+    if not rows or not all(r.get("cosine_positions") for r in rows):
+        return None  # an index written before positions were kept: a partial pool would mislead
+    kept = [decode_positions(r["cosine_positions"]) for r in rows]
     return {"median": pooled_median(kept), "n_positions": int(sum(k.size for k in kept)),
             "n_images": len(kept), "note": ALL_POSITIONS_NOTE}

@@ -125,8 +125,9 @@ def _embed(space: Any, images: Iterable[Image.Image], resolution: int, chunk: in
 
 
 def load_backbones(specs: Sequence[str], weights: Sequence[str] | None, device: str) -> dict[str, Any]:
-    """The backbones that judge reconstructions (``--evaluate-with``): one weight option each, or one for all."""
-    from featinv.features.backbone import backbone as make_backbone
+    """The backbones that judge reconstructions (``--evaluate-with``): one weight option each, or one for all;
+    each a spec, ``spec@SIZE`` or a preset name (:mod:`featinv.evaluation.judges`)."""
+    from featinv.evaluation.judges import load_judge
 
     weights = list(weights or [])
     if weights and len(weights) not in (1, len(specs)):
@@ -136,7 +137,7 @@ def load_backbones(specs: Sequence[str], weights: Sequence[str] | None, device: 
     out: dict[str, Any] = {}
     for i, spec in enumerate(specs):
         w = weights[i] if len(weights) == len(specs) else (weights[0] if weights else "pretrained")
-        out[spec] = make_backbone(spec, weights=w, device=device)
+        out[spec] = load_judge(spec, w, device)
     return out
 
 
@@ -187,6 +188,9 @@ def evaluate(
     name: str | None = None,
     feature_guidance: Any = 0.0,
     unguided_summary: dict[str, Any] | None = None,
+    resize_mode: str = "model",
+    control_strength: float = 1.0,
+    guess_mode: bool = False,
 ) -> EvalResult:
     """Reconstruct ``per_class`` originals per class for each seed and score them (paper Table 1/2).
 
@@ -200,7 +204,10 @@ def evaluate(
     sampling toward the target maps; every row also carries pixel MSE, SSIM and high-frequency energy against
     its original, the checks guidance cannot game (:mod:`featinv.evaluation.pixel_checks`). With
     ``unguided_summary`` (the paper sampler's evaluation of the same images and seeds) a guided summary
-    carries a ``guidance_warning`` when the cosine rose while the pixel error went up.
+    carries a ``guidance_warning`` when the cosine rose while the pixel error went up. ``resize_mode``: how
+    reconstructions are resized to each backbone's input, ``bilinear`` (the paper), ``bicubic`` or ``model``
+    (each model's own). ``control_strength`` / ``guess_mode``: the authors' sampler controls (1.0 / off =
+    the paper's sampler).
     """
     from featinv.diffusion.guidance import FeatureGuidance
     from featinv.progress import progress as progress_bar
@@ -231,6 +238,7 @@ def evaluate(
         "scheduler": scheduler, "seeds": seeds, "per_class": per_class, "evaluate_with": list(evaluate_with),
         # null when off; an older index without the key counts as off (see _read_indexes)
         "feature_guidance": steering.describe() if steering.active else None,
+        **_paper_settings(resize_mode, control_strength, guess_mode),
     }
     jobs = [(src, seed) for src in sources for seed in seeds]
 
@@ -265,7 +273,8 @@ def evaluate(
         if readable:
             rows = _reconstruct_batch(model, pils, readable, extra,
                                       dict(guidance_scale=guidance, steps=steps, scheduler=scheduler,
-                                           batch_size=batch_size, feature_guidance=steering))
+                                           batch_size=batch_size, feature_guidance=steering,
+                                           **_control_kwargs(settings)), resize_mode)
             for (src, seed), (row, img) in zip(readable, rows, strict=True):
                 my_rows[row["key"]] = _record(row, src, seed, img, out_dir, kept if keep else None)
             if index is not None:
@@ -305,7 +314,36 @@ def evaluate(
     result = EvalResult(summary=summary, rows=rows, out=out_dir, images=images)
     if out_dir is not None:
         _write_outputs(out_dir, result)
+        _update_model_card(run, out_dir)
     return result
+
+
+def _paper_settings(resize_mode: str, control_strength: float, guess_mode: bool) -> dict[str, Any]:
+    """The settings of the paper's evaluation choices, only where they differ from the defaults (so an
+    evaluation folder written before they existed still resumes)."""
+    from featinv.diffusion.controlnet import ControlScales
+
+    if resize_mode not in ("model", "bilinear", "bicubic"):
+        raise FeatinvError(f"resize mode {resize_mode!r} unknown; use bilinear (the paper), bicubic or model")
+    control = ControlScales(control_strength, bool(guess_mode))
+    return {**({"resize_mode": resize_mode} if resize_mode != "model" else {}),
+            **({} if control.is_default else control.describe())}
+
+
+def _control_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """``model.reconstruct`` keywords of the sampler controls recorded in ``settings`` (none at the defaults)."""
+    return {key: settings[key] for key in ("control_strength", "guess_mode") if key in settings}
+
+
+def _update_model_card(run: Any, out_dir: Path) -> None:
+    """Rewrite the run folder's model card with this evaluation's metrics, when the evaluation lives in it."""
+    if not isinstance(run, (str, os.PathLike)):
+        return
+    run_dir = Path(run).resolve()
+    if (run_dir / "config.json").is_file() and run_dir in out_dir.resolve().parents:
+        from featinv.report.card import write_model_card
+
+        write_model_card(run_dir)
 
 
 def _record(row: dict[str, Any], src: SourceImage, seed: int, img: Image.Image, out_dir: Path | None,
@@ -342,12 +380,16 @@ def _reconstruct_batch(
     batch: Sequence[tuple[SourceImage, int]],
     extra: dict[str, Any],
     sampling: dict[str, Any],
+    resize_mode: str = "model",
 ) -> list[tuple[dict[str, Any], Image.Image]]:
     """Reconstruct one batch (``sampling``: keyword arguments of ``model.reconstruct``) and score every
-    sample against its original: in the backbone's eyes, and in pixels."""
+    sample against its original: in the backbone's eyes (reconstructions resized by ``resize_mode``), and
+    in pixels."""
     from featinv.data import to_pil
     from featinv.evaluation import metrics
+    from featinv.evaluation.cosine import encode_positions
     from featinv.features.backbone import pool_features
+    from featinv.features.similarity import cosine_positions
 
     backbone = model.backbone
     with torch.no_grad():
@@ -357,19 +399,22 @@ def _reconstruct_batch(
         rec = model.reconstruct(features=cond, seeds=[seed for _, seed in batch], progress=False, **sampling)
         rec_images = rec.images.float().clamp(0, 1)
         pixels = _pixel_checks(pils, rec_images.cpu())
-        f_rec, logits_rec = backbone.features_and_logits(backbone.normalize(rec_images.to(backbone.device)))
+        f_rec, logits_rec = backbone.features_and_logits(backbone.normalize(rec_images.to(backbone.device),
+                                                                            resize=resize_mode))
+        positions = cosine_positions(f_orig.cpu(), f_rec.cpu())
         cos = metrics.cosine_median(f_orig.cpu(), f_rec.cpu())
         top1 = metrics.topk_match(logits_orig.cpu(), logits_rec.cpu(), 1)
         top5 = metrics.topk_match(logits_orig.cpu(), logits_rec.cpu(), 5)
         cross: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for spec, other in extra.items():
             lo = other.logits(other.preprocess(pils)).cpu()
-            lr = other.logits(other.normalize(rec_images.to(other.device))).cpu()
+            lr = other.logits(other.normalize(rec_images.to(other.device), resize=resize_mode)).cpu()
             cross[spec] = (metrics.topk_match(lo, lr, 1), metrics.topk_match(lo, lr, 5))
     out = []
     for i in range(len(batch)):
         row: dict[str, Any] = {
             "cosine": float(cos[i]),
+            "cosine_positions": encode_positions(positions[i]),
             "top1": bool(top1[i]),
             "top5": bool(top5[i]),
             "pred_original": int(logits_orig[i].argmax()),
@@ -425,6 +470,7 @@ def _read_indexes(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> d
 
 
 def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str, complete: bool, n_sources: int) -> dict[str, Any]:
+    from featinv.evaluation.cosine import PER_IMAGE_NOTE, all_positions_summary
     from featinv.evaluation.metrics import mean_ci95, rate_ci95
     from featinv.evaluation.pixel_checks import summarise_pixel_checks
 
@@ -438,12 +484,14 @@ def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str,
         "n_sources": n_sources,
         "n_images": n,
         "classes": len({r["class"] for r in rows}),
-        "cosine_sim": {"mean": _finite(mean), "ci95": [_finite(low), _finite(high)],
-                       "note": "median over feature-map positions per image (unpooled map), mean over images"},
+        "cosine_sim": {"mean": _finite(mean), "ci95": [_finite(low), _finite(high)], "note": PER_IMAGE_NOTE},
         "top5": hits["top5"] / n if n else None,
         "top1": hits["top1"] / n if n else None,
         **{f"{k}_ci95": [_finite(v) for v in rate_ci95(hits[k], n)] for k in hits},  # Wilson score interval
     }
+    pooled = all_positions_summary(rows)
+    if pooled is not None:
+        summary["cosine_sim_all_positions"] = pooled
     checks = summarise_pixel_checks(rows)
     if checks:
         summary["pixel_checks"] = checks
@@ -457,7 +505,8 @@ def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str,
 
 
 def _write_outputs(out_dir: Path, result: EvalResult) -> None:
-    write_json(out_dir / "metrics.json", {"summary": result.summary, "rows": result.rows})
+    rows = [{k: v for k, v in row.items() if k != "cosine_positions"} for row in result.rows]  # kept in the index
+    write_json(out_dir / "metrics.json", {"summary": result.summary, "rows": rows})
     columns = ["key", "source", "class", "seed", "file", "cosine", "top5", "top1", "pred_original", "pred_reconstruction",
                "fidelity", "pixel_mse", "ssim", "high_freq", "high_freq_original"]
     specs = list(result.summary.get("cross_model", {}))
