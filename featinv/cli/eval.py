@@ -182,6 +182,9 @@ def eval_sweep(
     feature_guidance: FeatureGuidanceStrength = 0.0,
     guidance_schedule: GuidanceSchedule = "all",
     guidance_normalize: GuidanceNormalize = "std",
+    resize_mode: ResizeMode = "model",
+    control_strength: ControlStrength = 1.0,
+    guess_mode: GuessMode = False,
     quiet: Quiet = False,
     json_output: JsonOutput = False,
 ) -> None:
@@ -200,7 +203,8 @@ def eval_sweep(
     with no_partial_output([target]):
         result = sweep(run, data, guidance=scales, out=target,
                        per_class=per_class, seeds=parse_int_list(seeds), steps=steps, scheduler=scheduler,
-                       batch_size=batch_size, fid=fid, device=device, progress=not quiet, feature_guidance=steering)
+                       batch_size=batch_size, fid=fid, device=device, progress=not quiet, feature_guidance=steering,
+                       resize_mode=resize_mode, control_strength=control_strength, guess_mode=guess_mode)
     if json_output:
         console.print_json(json.dumps(result.numbers))
         return
