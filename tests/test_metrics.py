@@ -221,7 +221,9 @@ def test_torchscript_found_in_a_cache_folder_is_refused_but_a_named_one_loads(tm
     cache = tmp_path / "cache"
     cache.mkdir()
     torch.jit.script(Fake()).save(str(cache / "inception-2015-12-05.pt"))
-    monkeypatch.setattr(metrics, "default_inception_locations", lambda: [cache])
+    from featinv.evaluation import fid
+
+    monkeypatch.setattr(fid, "default_inception_locations", lambda: [cache])  # where the lookup lives now
     monkeypatch.delenv(metrics.INCEPTION_ENV, raising=False)
     with pytest.raises(FeatinvError, match="name it yourself"):
         metrics.resolve_feature_space("inception")

@@ -69,21 +69,13 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     features. Each output's ``fidelity`` (cosine to its target map) is recorded in the index.
     ``control_strength`` / ``guess_mode``: the authors' sampler controls (1.0 / off = the paper's sampler).
     """
-    from featinv.data import to_pil, try_open_image
     from featinv.diffusion.controlnet import ControlScales
     from featinv.diffusion.guidance import FeatureGuidance
     from featinv.diffusion.model import FeatInv, load_model
 
     steering = FeatureGuidance.of(feature_guidance)
     control = ControlScales(control_strength, bool(guess_mode))
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise FeatinvError("no seeds given; pass e.g. --seeds 0,1,2")
-    if batch_size < 1 or steps < 1:
-        raise FeatinvError(f"batch size ({batch_size}) and steps ({steps}) must be at least 1")
-    inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    if not inputs:
-        raise FeatinvError("no images given; pass image files or folders")
+    inputs, seeds = _checked_arguments(images, seeds, batch_size, steps)
     items = _output_names(inputs, exclude=[out])
     model = load_model(run, device=device)
     model.base.make_scheduler(scheduler)  # an unknown sampler fails here, before anything is written
@@ -105,20 +97,16 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     entries = index.rows
 
     summary = ReconstructSummary(index.path)
-    pending: list[tuple[Path, int, Path]] = []
-    for path, stem in items:
-        for seed in seeds:
-            target = out_dir / f"{stem}_s{seed}.png"
-            if target.exists() and not overwrite:
-                summary.skipped.append(target)
-                entries.setdefault(target.name, {"file": target.name, "source": str(path), "seed": seed})
-            else:
-                pending.append((path, seed, target))
+    pending = _pending_outputs(items, seeds, out_dir, overwrite, summary, entries)
 
     def save_index() -> None:
         index.save(sorted(entries.values(), key=lambda e: e["file"]), unreadable=[str(p) for p in summary.unreadable])
 
     from featinv.progress import make_progress
+
+    sampling = dict(guidance_scale=guidance, steps=steps, scheduler=scheduler, batch_size=batch_size,
+                    progress=False, bf16=bf16, feature_guidance=steering, control_strength=control.strength,
+                    guess_mode=control.guess_mode)
 
     bar = make_progress() if progress and pending else None
     task = bar.add_task("reconstructing", total=len(pending)) if bar else None
@@ -126,26 +114,8 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
         bar.start()
     try:
         for start in range(0, len(pending), batch_size):
-            chunk = pending[start:start + batch_size]
-            opened: dict[Path, Any] = {}
-            for path, _, _ in chunk:
-                if path not in opened:
-                    opened[path] = try_open_image(path)
-            bad = [p for p, img in opened.items() if img is None]
-            summary.unreadable.extend(p for p in bad if p not in summary.unreadable)
-            chunk = [c for c in chunk if opened[c[0]] is not None]
-            if chunk:
-                feats = model.features([opened[path] for path, _, _ in chunk])
-                rec = model.reconstruct(features=feats, seeds=[seed for _, seed, _ in chunk], guidance_scale=guidance,
-                                        steps=steps, scheduler=scheduler, batch_size=batch_size, progress=False,
-                                        bf16=bf16, feature_guidance=steering, control_strength=control.strength,
-                                        guess_mode=control.guess_mode)
-                pictures = rec.resized(tuple(size)) if resize else rec.images
-                for (path, seed, target), picture, score in zip(chunk, pictures, rec.fidelity, strict=True):
-                    save_png(to_pil(picture), target)
-                    summary.written.append(target)
-                    entries[target.name] = {"file": target.name, "source": str(path), "seed": seed,
-                                            "fidelity": round(float(score), 6)}
+            if _reconstruct_chunk(model, pending[start:start + batch_size], sampling, size if resize else None,
+                                  summary, entries):
                 save_index()
             if bar:
                 bar.advance(task, len(pending[start:start + batch_size]))
@@ -157,3 +127,59 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
                            f"images, e.g. {summary.unreadable[0]}); pass readable .png/.jpg images")
     save_index()
     return summary
+
+
+def _checked_arguments(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], seeds: Sequence[int],
+                       batch_size: int, steps: int) -> tuple[list[str | os.PathLike[str]], list[int]]:
+    """The inputs as a list and the seeds as ints, after failing fast on arguments that cannot work."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise FeatinvError("no seeds given; pass e.g. --seeds 0,1,2")
+    if batch_size < 1 or steps < 1:
+        raise FeatinvError(f"batch size ({batch_size}) and steps ({steps}) must be at least 1")
+    inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    if not inputs:
+        raise FeatinvError("no images given; pass image files or folders")
+    return inputs, seeds
+
+
+def _pending_outputs(items: list[tuple[Path, str]], seeds: list[int], out_dir: Path, overwrite: bool,
+                     summary: ReconstructSummary, entries: dict[str, dict[str, Any]]) -> list[tuple[Path, int, Path]]:
+    """(image, seed, output) still to make; outputs already there (unless ``overwrite``) are counted as
+    skipped and kept in the index, so a rerun resumes."""
+    pending: list[tuple[Path, int, Path]] = []
+    for path, stem in items:
+        for seed in seeds:
+            target = out_dir / f"{stem}_s{seed}.png"
+            if target.exists() and not overwrite:
+                summary.skipped.append(target)
+                entries.setdefault(target.name, {"file": target.name, "source": str(path), "seed": seed})
+            else:
+                pending.append((path, seed, target))
+    return pending
+
+
+def _reconstruct_chunk(model: Any, chunk: list[tuple[Path, int, Path]], sampling: dict[str, Any],
+                       size: list[int] | None, summary: ReconstructSummary, entries: dict[str, dict[str, Any]]) -> bool:
+    """Reconstruct one batch and write its PNGs (resized to ``size`` when given); unreadable images are
+    counted and left out. Whether anything was written (then the index needs saving)."""
+    from featinv.data import to_pil, try_open_image
+
+    opened: dict[Path, Any] = {}
+    for path, _, _ in chunk:
+        if path not in opened:
+            opened[path] = try_open_image(path)
+    bad = [p for p, img in opened.items() if img is None]
+    summary.unreadable.extend(p for p in bad if p not in summary.unreadable)
+    chunk = [c for c in chunk if opened[c[0]] is not None]
+    if not chunk:
+        return False
+    feats = model.features([opened[path] for path, _, _ in chunk])
+    rec = model.reconstruct(features=feats, seeds=[seed for _, seed, _ in chunk], **sampling)
+    pictures = rec.resized(tuple(size)) if size is not None else rec.images
+    for (path, seed, target), picture, score in zip(chunk, pictures, rec.fidelity, strict=True):
+        save_png(to_pil(picture), target)
+        summary.written.append(target)
+        entries[target.name] = {"file": target.name, "source": str(path), "seed": seed,
+                                "fidelity": round(float(score), 6)}
+    return True

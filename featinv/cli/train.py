@@ -78,6 +78,18 @@ def loop_kwargs(values: dict[str, Any]) -> dict[str, Any]:
 _OPTION_OF_FIELD = {"backbone_weights": "weights", "hflip": "no_flips", "vflip": "no_flips", "preset": "-"}
 
 
+def train_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Map the ``featinv train`` option values to TrainConfig fields (before any preset is applied)."""
+    encoder_kwargs = parse_options(values["encoder_option"], option="--encoder-option", example="hidden=256") or None
+    max_t = values["consistency_max_t"]
+    return dict(**loop_kwargs(values), encoder_kwargs=encoder_kwargs, backbone_weights=values["weights"],
+                hflip=not values["no_flips"], vflip=not values["no_flips"],
+                **{key: values[key] for key in ("backbone", "base", "layer", "pooled", "encoder", "input_size",
+                                                "resolution", "cache_features", "cache_views", "features_from",
+                                                "consistency_weight", "consistency_fraction")},
+                **({"consistency_max_t": max_t} if max_t is not None else {}))
+
+
 def train(
     ctx: typer.Context,
     data: DataDir,
@@ -141,14 +153,7 @@ def train(
     from featinv.training.config import TrainConfig
     from featinv.training.loop import train as run
 
-    values = dict(locals())
-    encoder_kwargs = parse_options(encoder_option, option="--encoder-option", example="hidden=256") or None
-    settings = dict(**loop_kwargs(values), backbone=backbone, base=base, layer=layer, pooled=pooled,
-                    encoder=encoder, encoder_kwargs=encoder_kwargs, backbone_weights=weights, input_size=input_size,
-                    resolution=resolution, cache_features=cache_features, cache_views=cache_views,
-                    hflip=not no_flips, vflip=not no_flips, features_from=features_from,
-                    consistency_weight=consistency_weight, consistency_fraction=consistency_fraction,
-                    **({"consistency_max_t": consistency_max_t} if consistency_max_t is not None else {}))
+    settings = train_settings(dict(locals()))
     if preset is not None:
         from featinv.presets import get
 

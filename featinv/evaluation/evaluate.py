@@ -7,8 +7,8 @@ folder every finished batch is recorded in an index (rewritten atomically), so a
 evaluation resumes without redoing images; work can be split over processes (Accelerate /
 torchrun set ``RANK``/``WORLD_SIZE``; each process takes its :func:`~featinv.evaluation.sources.shard`).
 
-(Over 400 lines: ``evaluate`` and the per-batch, per-row and summary steps it alone uses. ``evaluate``
-itself is still longer than the project's ~80-line rule; cutting it into named steps is open work.)
+(Over 400 lines: ``evaluate`` and the named steps it alone uses: arguments, index, sharding, per batch,
+per row, summary. Split elsewhere, they would be one job spread over several modules.)
 """
 
 from __future__ import annotations
@@ -142,17 +142,17 @@ def load_backbones(specs: Sequence[str], weights: Sequence[str] | None, device: 
 
 
 def _feature_space(choice: str, model_backbone: Any, device: str) -> Any:
-    from featinv.evaluation import metrics
+    from featinv.evaluation import fid as fid_metrics
 
-    if choice == "auto" and metrics.find_inception_weights() is None:
+    if choice == "auto" and fid_metrics.find_inception_weights() is None:
         try:
             from featinv.features.backbone import backbone as make_backbone
 
             substitute = make_backbone(SUBSTITUTE_SPEC, device=device)
         except (FeatinvError, ImportError, OSError):
             substitute = model_backbone
-        return metrics.backbone_feature_space(substitute)
-    return metrics.resolve_feature_space(choice, backbone=model_backbone, device=device)
+        return fid_metrics.backbone_feature_space(substitute)
+    return fid_metrics.resolve_feature_space(choice, backbone=model_backbone, device=device)
 
 
 def _model_label(model: Any, run: Any) -> str:
@@ -188,9 +188,7 @@ def evaluate(
     name: str | None = None,
     feature_guidance: Any = 0.0,
     unguided_summary: dict[str, Any] | None = None,
-    resize_mode: str = "model",
-    control_strength: float = 1.0,
-    guess_mode: bool = False,
+    resize_mode: str = "model", control_strength: float = 1.0, guess_mode: bool = False,
 ) -> EvalResult:
     """Reconstruct ``per_class`` originals per class for each seed and score them (paper Table 1/2).
 
@@ -204,15 +202,59 @@ def evaluate(
     sampling toward the target maps; every row also carries pixel MSE, SSIM and high-frequency energy against
     its original, the checks guidance cannot game (:mod:`featinv.evaluation.pixel_checks`). With
     ``unguided_summary`` (the paper sampler's evaluation of the same images and seeds) a guided summary
-    carries a ``guidance_warning`` when the cosine rose while the pixel error went up. ``resize_mode``: how
-    reconstructions are resized to each backbone's input, ``bilinear`` (the paper), ``bicubic`` or ``model``
-    (each model's own). ``control_strength`` / ``guess_mode``: the authors' sampler controls (1.0 / off =
-    the paper's sampler).
+    carries a ``guidance_warning`` when the cosine rose while the pixel error went up (more: :func:`_paper_settings`).
     """
-    from featinv.diffusion.guidance import FeatureGuidance
-    from featinv.progress import progress as progress_bar
+    from featinv.diffusion.model import load_model
 
     seeds = [int(s) for s in seeds] or [0]
+    guidance_scale, steering, paper = _checked_sampling(guidance_scale, batch_size, feature_guidance, resize_mode,
+                                                        control_strength, guess_mode)
+    sources = collect_sources(data, per_class)
+    rank, world, barrier = process_group()
+    if world > 1 and device == "cuda":  # one GPU per process under accelerate launch / torchrun
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    model = load_model(run, device)
+    guidance = float(guidance_scale if guidance_scale is not None else model.guidance_scale)
+    settings = {**_run_settings(run, data, model, guidance, steps, scheduler, seeds, per_class, evaluate_with,
+                                steering), **paper}
+    jobs = [(src, seed) for src in sources for seed in seeds]
+
+    out_dir = ensure_output_dir(out) if out is not None else None
+    keep = keep_images if keep_images is not None else out_dir is None
+    index, done = _open_index(out_dir, settings, rank, world, overwrite)
+
+    extra = load_backbones(evaluate_with, evaluate_weights, device) if evaluate_with else {}
+    # resolved before any reconstruction so a missing weight file fails fast, not after hours of sampling
+    space = _feature_space(fid, model.backbone, device) if rank == 0 and fid != "none" else None
+    pending, my_rows = _my_share(jobs, rank, world, done, limit)
+    kept: dict[str, Image.Image] = {}
+    sampling = dict(guidance_scale=guidance, steps=steps, scheduler=scheduler, batch_size=batch_size,
+                    feature_guidance=steering, **_control_kwargs(paper))
+    unreadable = _reconstruct_pending(model, pending, extra, sampling, my_rows, out_dir, kept if keep else None,
+                                      index, progress, resize_mode)
+    barrier()
+    if rank != 0:
+        return EvalResult(summary={}, rows=list(my_rows.values()), out=out_dir)
+
+    rows = _rows_in_job_order(out_dir, settings, my_rows, jobs)
+    images = _row_images(rows, kept, out_dir) if keep else None
+    summary = _summary(rows, settings, name or _model_label(model, run), jobs, len(sources), unreadable, unguided_summary)
+    if space is not None:
+        _add_distribution_scores(summary, space, sources, rows, images, out_dir,
+                                 int(getattr(model.base, "resolution", 256)), kid_subset_size)
+    result = EvalResult(summary=summary, rows=rows, out=out_dir, images=images)
+    if out_dir is not None:
+        _write_outputs(out_dir, result)
+    return result
+
+
+def _checked_sampling(guidance_scale: float | None, batch_size: int, feature_guidance: Any = 0.0,
+                      resize_mode: str = "model", control_strength: float = 1.0,
+                      guess_mode: bool = False) -> tuple[float | None, Any, dict[str, Any]]:
+    """Fail on a bad guidance scale, batch size, feature guidance, resize mode or control strength before any
+    model is loaded; the guidance scale, the ``FeatureGuidance`` and the :func:`_paper_settings`."""
+    from featinv.diffusion.guidance import FeatureGuidance
+
     steering = FeatureGuidance.of(feature_guidance)
     if guidance_scale is not None:
         from featinv.validation import check_guidance
@@ -220,17 +262,36 @@ def evaluate(
         guidance_scale = check_guidance(guidance_scale)
     if batch_size < 1:
         raise FeatinvError(f"batch size must be at least 1, got {batch_size}")
-    sources = collect_sources(data, per_class)
-    rank, world, barrier = process_group()
-    if world > 1 and device == "cuda":  # one GPU per process under accelerate launch / torchrun
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-    from featinv.diffusion.model import load_model
+    return guidance_scale, steering, _paper_settings(resize_mode, control_strength, guess_mode)
 
-    model = load_model(run, device)
+
+def _open_index(out_dir: Path | None, settings: dict[str, Any], rank: int, world: int,
+                overwrite: bool) -> tuple[ResumableIndex | None, dict[str, dict[str, Any]]]:
+    """This process's index (none without a folder) and the rows already finished by any process."""
+    if out_dir is None:
+        return None, {}
+    index = _index(out_dir / ("index.json" if world == 1 else f"index-rank{rank}-of-{world}.json"), settings)
+    done = _read_indexes(out_dir, settings, overwrite)
+    ensure_output_dir(out_dir / "images")
+    return index, done
+
+
+def _my_share(jobs: list[tuple[SourceImage, int]], rank: int, world: int, done: dict[str, dict[str, Any]],
+              limit: int | None) -> tuple[list[tuple[SourceImage, int]], dict[str, dict[str, Any]]]:
+    """This process's shard of the jobs: those still to do (at most ``limit``) and the rows it already has."""
+    mine = shard(jobs, rank, world)
+    pending = [job for job in mine if f"{job[0].name}#s{job[1]}" not in done]
+    if limit is not None:
+        pending = pending[: max(0, limit)]
+    my_rows = {k: v for k, v in done.items() if k in {f"{s.name}#s{seed}" for s, seed in mine}}
+    return pending, my_rows
+
+
+def _run_settings(run: Any, data: DataArg, model: Any, guidance: float, steps: int, scheduler: str,
+                  seeds: list[int], per_class: int | None, evaluate_with: Sequence[str], steering: Any) -> dict[str, Any]:
+    """What the index records about the evaluation: a resumed call reuses rows only when these match."""
     backbone = model.backbone
-    guidance = float(guidance_scale if guidance_scale is not None else model.guidance_scale)
-    label = name or _model_label(model, run)
-    settings = {
+    return {
         "run": os.path.abspath(run) if isinstance(run, (str, os.PathLike)) else None,
         "data": os.path.abspath(data) if isinstance(data, (str, os.PathLike)) else "<in-memory images>",
         "backbone": backbone.spec, "layer": getattr(backbone, "layer", None),
@@ -238,31 +299,22 @@ def evaluate(
         "scheduler": scheduler, "seeds": seeds, "per_class": per_class, "evaluate_with": list(evaluate_with),
         # null when off; an older index without the key counts as off (see _read_indexes)
         "feature_guidance": steering.describe() if steering.active else None,
-        **_paper_settings(resize_mode, control_strength, guess_mode),
     }
-    jobs = [(src, seed) for src in sources for seed in seeds]
 
-    out_dir = ensure_output_dir(out) if out is not None else None
-    keep = keep_images if keep_images is not None else out_dir is None
-    done: dict[str, dict[str, Any]] = {}
-    index: ResumableIndex | None = None
-    if out_dir is not None:
-        index = _index(out_dir / ("index.json" if world == 1 else f"index-rank{rank}-of-{world}.json"), settings)
-        done = _read_indexes(out_dir, settings, overwrite)
-        ensure_output_dir(out_dir / "images")
 
-    extra = load_backbones(evaluate_with, evaluate_weights, device) if evaluate_with else {}
-    # resolved before any reconstruction so a missing weight file fails fast, not after hours of sampling
-    space = _feature_space(fid, backbone, device) if rank == 0 and fid != "none" else None
-    mine = shard(jobs, rank, world)
-    pending = [job for job in mine if f"{job[0].name}#s{job[1]}" not in done]
-    if limit is not None:
-        pending = pending[: max(0, limit)]
-    my_rows = {k: v for k, v in done.items() if k in {f"{s.name}#s{seed}" for s, seed in mine}}
-    kept: dict[str, Image.Image] = {}
+def _reconstruct_pending(model: Any, pending: list[tuple[SourceImage, int]], extra: dict[str, Any],
+                         sampling: dict[str, Any], my_rows: dict[str, dict[str, Any]], out_dir: Path | None,
+                         kept: dict[str, Image.Image] | None, index: ResumableIndex | None,
+                         progress: bool, resize_mode: str = "model") -> dict[str, str]:
+    """Reconstruct and score the pending (source, seed) jobs batch by batch into ``my_rows`` (reconstructions
+    resized to each judge by ``resize_mode``), saving the index after every batch so an interrupted evaluation
+    resumes there. Returns the unreadable sources and why:
+    they are skipped and counted, like in training and concept fitting (none readable at all is an error)."""
+    from featinv.progress import progress as progress_bar
 
-    unreadable: dict[str, str] = {}  # corrupt / truncated sources: skipped and counted, like train and concepts
-    for batch in progress_bar(list(chunks(pending, batch_size)), description="reconstructing", enabled=progress):
+    unreadable: dict[str, str] = {}
+    for batch in progress_bar(list(chunks(pending, sampling["batch_size"])), description="reconstructing",
+                              enabled=progress):
         pils, readable = [], []
         for src, seed in batch:
             try:
@@ -271,56 +323,52 @@ def evaluate(
             except FeatinvError as exc:
                 unreadable[src.name] = str(exc)
         if readable:
-            rows = _reconstruct_batch(model, pils, readable, extra,
-                                      dict(guidance_scale=guidance, steps=steps, scheduler=scheduler,
-                                           batch_size=batch_size, feature_guidance=steering,
-                                           **_control_kwargs(settings)), resize_mode)
+            rows = _reconstruct_batch(model, pils, readable, extra, dict(sampling), resize_mode)
             for (src, seed), (row, img) in zip(readable, rows, strict=True):
-                my_rows[row["key"]] = _record(row, src, seed, img, out_dir, kept if keep else None)
+                my_rows[row["key"]] = _record(row, src, seed, img, out_dir, kept)
             if index is not None:
                 index.save(my_rows.values())
     if unreadable and not my_rows:
         raise FeatinvError(f"none of the {len(unreadable)} images could be read ({next(iter(unreadable.values()))}); "
                            "pass a folder of readable images")
-    barrier()
-    if rank != 0:
-        return EvalResult(summary={}, rows=list(my_rows.values()), out=out_dir)
+    return unreadable
 
+
+def _rows_in_job_order(out_dir: Path | None, settings: dict[str, Any], my_rows: dict[str, dict[str, Any]],
+                       jobs: list[tuple[SourceImage, int]]) -> list[dict[str, Any]]:
+    """Every process's rows (read back from the indexes when there is a folder), in the order of the jobs."""
     all_rows = _read_indexes(out_dir, settings, False) if out_dir is not None else my_rows
     order = {f"{s.name}#s{seed}": i for i, (s, seed) in enumerate(jobs)}
-    rows = sorted((r for k, r in all_rows.items() if k in order), key=lambda r: order[r["key"]])
-    images = None
-    if keep:
-        images = [kept[r["key"]] if r["key"] in kept else Image.open(out_dir / r["file"]).convert("RGB")  # type: ignore[operator]
-                  for r in rows]
+    return sorted((r for k, r in all_rows.items() if k in order), key=lambda r: order[r["key"]])
 
-    expected = sum(1 for src, _ in jobs if src.name not in unreadable)
-    summary = _summarise(rows, settings, label, complete=len(rows) == expected, n_sources=len(sources))
-    if unreadable:
-        summary["skipped_unreadable"] = sorted(unreadable)
+
+def _row_images(rows: list[dict[str, Any]], kept: dict[str, Image.Image], out_dir: Path | None) -> list[Image.Image]:
+    """The reconstruction of each row: from memory when this process made it, else from its PNG."""
+    return [kept[r["key"]] if r["key"] in kept else Image.open(out_dir / r["file"]).convert("RGB")  # type: ignore[operator]
+            for r in rows]
+
+
+def _summary(rows: list[dict[str, Any]], settings: dict[str, Any], label: str, jobs: list[tuple[SourceImage, int]],
+             n_sources: int, unreadable: dict[str, str], unguided_summary: dict[str, Any] | None) -> dict[str, Any]:
+    """The summary of ``rows``, noting the sources that were skipped, and a guided run whose cosine rose while
+    its pixels got worse."""
     from featinv.evaluation.pixel_checks import guidance_warning
 
+    expected = sum(1 for src, _ in jobs if src.name not in unreadable)
+    summary = _summarise(rows, settings, label, complete=len(rows) == expected, n_sources=n_sources)
+    if unreadable:
+        summary["skipped_unreadable"] = sorted(unreadable)
     warning = guidance_warning(summary, unguided_summary)
     if warning:
         summary["guidance_warning"] = warning
-    if space is not None and len(rows) >= 2:
-        generated = iter(images) if images is not None else (
-            Image.open(out_dir / r["file"]).convert("RGB") for r in rows)  # type: ignore[operator]
-        summary.update(_distribution_scores(space, sources, rows, generated, int(getattr(model.base, "resolution", 256)),
-                                            kid_subset_size))
-    elif space is not None:
-        summary["fid_note"] = "FID/KID need at least 2 reconstructions"
-
-    result = EvalResult(summary=summary, rows=rows, out=out_dir, images=images)
-    if out_dir is not None:
-        _write_outputs(out_dir, result)
-        _update_model_card(run, out_dir)
-    return result
+    return summary
 
 
 def _paper_settings(resize_mode: str, control_strength: float, guess_mode: bool) -> dict[str, Any]:
     """The settings of the paper's evaluation choices, only where they differ from the defaults (so an
-    evaluation folder written before they existed still resumes)."""
+    evaluation folder written before they existed still resumes). ``resize_mode``: how reconstructions are
+    resized to each backbone's input, ``bilinear`` (the paper), ``bicubic`` or ``model`` (each model's own);
+    ``control_strength`` / ``guess_mode``: the authors' sampler controls (1.0 / off = the paper's sampler)."""
     from featinv.diffusion.controlnet import ControlScales
 
     if resize_mode not in ("model", "bilinear", "bicubic"):
@@ -359,18 +407,30 @@ def _record(row: dict[str, Any], src: SourceImage, seed: int, img: Image.Image, 
     return row
 
 
+def _add_distribution_scores(summary: dict[str, Any], space: Any, sources: Sequence[SourceImage],
+                             rows: list[dict[str, Any]], images: list[Image.Image] | None, out_dir: Path | None,
+                             resolution: int, kid_subset_size: int) -> None:
+    """FID/KID into the summary, or a note why not (they need two reconstructions at least)."""
+    if len(rows) < 2:
+        summary["fid_note"] = "FID/KID need at least 2 reconstructions"
+        return
+    generated = iter(images) if images is not None else (
+        Image.open(out_dir / r["file"]).convert("RGB") for r in rows)  # type: ignore[operator]
+    summary.update(_distribution_scores(space, sources, rows, generated, resolution, kid_subset_size))
+
+
 def _distribution_scores(space: Any, sources: Sequence[SourceImage], rows: list[dict[str, Any]],
                          generated: Iterable[Image.Image], resolution: int, kid_subset_size: int) -> dict[str, Any]:
     """FID and KID between the originals of ``rows`` and the reconstructions, in ``space``."""
-    from featinv.evaluation import metrics
+    from featinv.evaluation import fid as fid_metrics
 
     by_name = {s.name: s for s in sources}
     done_sources = list(dict.fromkeys(r["source"] for r in rows))
     fa = _embed(space, (by_name[n].image() for n in done_sources), resolution)
     fb = _embed(space, generated, resolution)
-    fid = {"label": space.fid_label, "value": _finite(metrics.frechet_distance(fa, fb)), "space": space.name,
+    fid = {"label": space.fid_label, "value": _finite(fid_metrics.frechet_distance(fa, fb)), "space": space.name,
            "n_real": len(fa), "n_generated": len(fb)}
-    kid_mean, kid_std = metrics.kernel_distance(fa, fb, subset_size=kid_subset_size, n_subsets=100)
+    kid_mean, kid_std = fid_metrics.kernel_distance(fa, fb, subset_size=kid_subset_size, n_subsets=100)
     return {"fid": fid, "kid": {"label": space.kid_label, "mean": kid_mean, "std": kid_std, "space": space.name}}
 
 
@@ -518,4 +578,5 @@ def _write_outputs(out_dir: Path, result: EvalResult) -> None:
         writer.writerow([row.get(c, "") for c in columns] + [cross[s][f"top{k}"] for s in specs for k in (5, 1)])
     write_text(out_dir / "metrics.csv", text.getvalue())
     write_text(out_dir / "metrics.md", summary_markdown([result.summary]) + cross_markdown([result.summary]))
+    _update_model_card(result.summary.get("run"), out_dir)
 

@@ -15,6 +15,7 @@ result; the settings are in :mod:`featinv.training.config`. The loop adds everyt
 
 :func:`run_training` reads as its steps: set up (and resume), the data loader, then per step one
 optimisation step, logging, validation and checkpoints, and finally finishing or stopping cleanly.
+(Just over 400 lines: the loop and the small pieces only it uses — stop request, accelerator, lr lambda.)
 """
 
 from __future__ import annotations
