@@ -54,6 +54,7 @@ def test_paper_presets_hold_the_paper_values() -> None:
     pooled = presets.get("paper:convnext-pooled")
     assert pooled.pooled and pooled.guidance_scale == 8.0
     assert set(presets.names()) >= {"paper:resnet50", "paper:convnext", "paper:swinv2", "paper:swinv2-pooled"}
+    assert featinv.presets.get("paper:swinv2") is swin and featinv.Preset is presets.Preset  # the flat API
 
 
 def test_unknown_preset_is_one_line_with_close_names() -> None:
