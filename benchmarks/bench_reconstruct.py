@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's, 1.75)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default=None,
                         help="bf16 autocast of the denoiser (CUDA only) or fp32 (default: bf16 on CUDA, fp32 else)")
+    parser.add_argument("--sampling-defaults", action="store_true",
+                        help="FeatInv.sampling_defaults(): what reconstruct/eval/analyses get on CUDA (NHWC + a bf16 "
+                        "denoiser); also reports the batch that fits the free GPU memory")
     parser.add_argument("--channels-last", action="store_true", help="FeatInv.optimize(channels_last=True)")
     parser.add_argument("--compile", action="store_true", help="FeatInv.optimize(compile=True): UNet + ControlNet")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
@@ -77,8 +80,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bf16 = precision == "bf16"
     seeds = list(range(batch))
     flops = denoiser_flops(model, guidance, bf16, min(batch, 2))  # before compiling: counted eagerly
+    fitting = None
+    if args.sampling_defaults:
+        model.sampling_defaults()
+        if device.type == "cuda":
+            from featinv.diffusion.memory import fitting_batch_size
+
+            fitting = fitting_batch_size(model, 4096, guidance)
     if args.channels_last or args.compile:
-        model.optimize(channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode)
+        model.optimize(channels_last=args.channels_last or model.optimizations["channels_last"], compile=args.compile,
+                       compile_mode=args.compile_mode)
 
     def run(name: str, steps: int) -> Any:
         return model.reconstruct(features=features, seeds=seeds, guidance_scale=guidance, steps=steps,
@@ -105,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "benchmark": "reconstruct", "machine": machine, "device": str(device), "config": arch.name,
         "settings": {"batch_size": batch, "guidance": guidance, "cfg": guidance != 1.0, "precision": precision,
-                     "math_unit": unit, "channels_last": args.channels_last, "compile": args.compile,
+                     "math_unit": unit, "sampling_defaults": args.sampling_defaults,
+                     "fitting_batch_size": fitting, "channels_last": args.channels_last, "compile": args.compile,
                      "compile_mode": args.compile_mode, "tf32": args.tf32 if device.type == "cuda" else None,
                      "cudnn_benchmark": args.cudnn_benchmark if device.type == "cuda" else None,
                      "warmup": args.warmup, "repeats": args.repeats, "seed": args.seed,

@@ -5,7 +5,14 @@ Prints ONE JSON line: machine, device, settings, and per mode samples/s, seconds
 Modes
   ours   featinv.train: workers decode + crop, the backbone runs batched inside the training step
   cache  featinv.train --cache-features: features + targets computed once for fixed crops
-  naive  the official code's way: each Dataset item runs the backbone on its own image
+  naive  the official code's way: each Dataset item runs the backbone on its own image; it gets the same
+         --num-workers, pinned memory and persistent workers as ours (on CUDA its workers are spawned and each
+         holds its own backbone on the GPU: CUDA cannot be used in a forked worker)
+
+Speed options of featinv's loop (the ablation switches each): --channels-last / --no-channels-last,
+--frozen-precision, --optimizer-impl, --compile [--compile-mode], --cache-latents (cache mode). The cache
+build (cache mode) and the compile warm-up are timed apart from samples/s and reported (cache_build_s,
+compile_warmup_s); setup_s is the time from the call to the first step's start (cache build included).
 
 Configs
   tiny    CPU-sized, the test-suite's model: timm:tf_efficientnet_lite0 (random weights, 224 px, 1280x7x7) +
@@ -34,6 +41,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # spawned DataLoader workers import this file without running main()
+    sys.path.insert(0, str(REPO))
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {"backbone": "timm:tf_efficientnet_lite0", "input_size": 224, "base": "pixel", "resolution": 16,
@@ -88,7 +99,7 @@ def make_base(name: str, device: str, folder: Path) -> Any:
 
 def run_ours(args: argparse.Namespace, spec: dict[str, Any], data: Path, out: Path, cache: bool) -> dict[str, Any]:
     from featinv.training.config import TrainConfig
-    from featinv.training.loop import train
+    from featinv.training.loop import train, training_status
 
     stamps: list[float] = []
     config = TrainConfig(
@@ -97,10 +108,18 @@ def run_ours(args: argparse.Namespace, spec: dict[str, Any], data: Path, out: Pa
         max_steps=args.warmup + args.steps, num_workers=args.num_workers, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, device=args.device, cache_features=cache,
         checkpoint_every=10**9, log_every=10**9, num_val_images=1, val_steps=1, progress=False, lr=1e-5,
+        channels_last=args.channels_last, frozen_precision=args.frozen_precision, optimizer_impl=args.optimizer_impl,
+        compile=args.compile, compile_mode=args.compile_mode, cache_latents=cache and args.cache_latents,
     )
     _reset_peak(args.device)
+    start = time.perf_counter()
     train(config, on_step=lambda step, loss: stamps.append(time.perf_counter()))
-    return _rates(stamps, args)
+    state = training_status(out)
+    result = _rates(stamps, args)
+    result.update({k: state[k] for k in ("cache_build_s", "compile_warmup_s") if k in state})
+    first_step = result.get("compile_warmup_s", stamps[1] - stamps[0] if len(stamps) > 1 else 0.0)
+    result["setup_s"] = round(stamps[0] - start - first_step, 3)  # model + data set-up (+ cache build)
+    return result
 
 
 def run_naive(args: argparse.Namespace, spec: dict[str, Any], data: Path) -> dict[str, Any]:
@@ -113,20 +132,12 @@ def run_naive(args: argparse.Namespace, spec: dict[str, Any], data: Path) -> dic
     model = FeatInv.create(spec["backbone"], make_base(spec["base"], args.device, data.parent), backbone_weights="none",
                            input_size=spec["input_size"], encoder_kwargs=spec["encoder_kwargs"], device=device)
     crops = AugmentedCrops(load_training_images(data), {"crop": spec["input_size"], "target": model.base.resolution})
-
-    class PerImageFeatures(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(crops)
-
-        def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-            item = crops[(index, index)]
-            with torch.no_grad():
-                x = model.backbone.normalize(item["crop"][None].float().div(255).to(device))
-                features = model.backbone.features(x)[0]
-            return {"features": features, "target": item["target"].float().div(255)}
-
-    loader = torch.utils.data.DataLoader(PerImageFeatures(), batch_size=args.batch_size, shuffle=True,
-                                         num_workers=0, drop_last=True)
+    workers = args.num_workers
+    spawn = workers > 0 and device.type == "cuda"  # CUDA cannot be initialised again in a forked worker
+    loader = torch.utils.data.DataLoader(
+        PerImageFeatures(crops, spec, args.device), batch_size=args.batch_size, shuffle=True, num_workers=workers,
+        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        multiprocessing_context="spawn" if spawn else None)
     params = model.trainable_parameters()
     if args.gradient_checkpointing:
         model.controlnet.enable_gradient_checkpointing()
@@ -150,6 +161,32 @@ def run_naive(args: argparse.Namespace, spec: dict[str, Any], data: Path) -> dic
             if len(stamps) >= args.warmup + args.steps:
                 break
     return _rates(stamps, args)
+
+
+class PerImageFeatures(torch.utils.data.Dataset):
+    """The official code's Dataset: one backbone forward per item (each worker process builds its own backbone)."""
+
+    def __init__(self, crops: Any, spec: dict[str, Any], device: str) -> None:
+        self.crops, self.spec, self.device = crops, spec, device
+        self._backbone: Any = None
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_backbone": None}  # workers build their own
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self._backbone is None:
+            from featinv.features.backbone import backbone
+
+            self._backbone = backbone(self.spec["backbone"], weights="none", input_size=self.spec["input_size"],
+                                      device=self.device)
+        item = self.crops[(index, index)]
+        with torch.no_grad():
+            x = self._backbone.normalize(item["crop"][None].float().div(255).to(self.device))
+            features = self._backbone.features(x)[0]
+        return {"features": features.cpu(), "target": item["target"].float().div(255)}
 
 
 def _reset_peak(device: str) -> None:
@@ -183,6 +220,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC networks (default: featinv's auto, on for CUDA)")
+    parser.add_argument("--frozen-precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    parser.add_argument("--optimizer-impl", choices=["auto", "fused", "foreach", "loop"], default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the step's networks (ours/cache)")
+    parser.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead (CUDA graphs)")
+    parser.add_argument("--cache-latents", action="store_true", help="cache mode also caches the VAE latents")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -208,5 +252,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

@@ -7,12 +7,12 @@
 #
 # DIR is $OUT when set (the device machine's folder that comes back), else benchmarks/results/gpu-<UTC time>.
 # Wheels in .whl/ (made by benchmarks/fetch_wheels.sh, for a machine without diffusers) are installed first.
-# BENCH_BUDGET_S (default 480) bounds the whole run: a step that would not fit is skipped (and listed),
+# BENCH_BUDGET_S (default 540: a device call of timeout_s 600) bounds the whole run: a step that would not fit is skipped (and listed),
 # and a running step is stopped at the budget. BENCH_DRY_RUN=1 prints the steps without running them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-BUDGET=${BENCH_BUDGET_S:-480}
+BUDGET=${BENCH_BUDGET_S:-540}
 PY=${PYTHON:-python3}
 CONFIG=${BENCH_CONFIG:-minisd}   # tiny + BENCH_DEVICE=cpu exercise this script on a CPU (the test suite does)
 DEVICE=${BENCH_DEVICE:-cuda}
@@ -83,20 +83,26 @@ fi
 TRAIN=("$PY" benchmarks/bench_train.py --config "$CONFIG" --device "$DEVICE" --num-workers "$WORKERS")
 REC=("$PY" benchmarks/bench_reconstruct.py --config "$CONFIG" --device "$DEVICE" --batch-size 64)
 
-# the issue's targets first, then what the optimisations buy, then fp32, then the optional ones
-step reconstruct-bf16 60 "${REC[@]}" --precision bf16 --schedules ddim:50 dpm++:20 --warmup 1 --repeats 3
-step train-b64-bf16 75 "${TRAIN[@]}" --mode ours --mixed-precision bf16 --batch-size 64 --steps 20 --warmup 3 --images 256
-step train-b8-bf16 60 "${TRAIN[@]}" --mode ours --mixed-precision bf16 --batch-size 8 --steps 30 --warmup 5 --images 64
-step reconstruct-bf16-cl 60 "${REC[@]}" --precision bf16 --channels-last --schedules ddim:50 --warmup 1 --repeats 3
+# issue 22, in priority order: the three targets with featinv's GPU defaults (training: channels_last, bf16
+# frozen networks, fused AdamW; sampling: NHWC + bf16 denoiser), then the ablation (each switch off in turn,
+# then compile on), ours vs the naive loop with the same workers, the cached-latents path, the profile, the
+# old sampler path and fp32 for comparison, the FLOPs (peak fractions); whatever does not fit is listed
+B8=(--mode ours --mixed-precision bf16 --batch-size 8 --steps 15 --warmup 3 --images 64)
+step reconstruct-bf16 60 "${REC[@]}" --precision bf16 --sampling-defaults --schedules ddim:50 dpm++:20 --warmup 1 --repeats 3
+step train-b64-bf16 65 "${TRAIN[@]}" --mode ours --mixed-precision bf16 --batch-size 64 --steps 8 --warmup 2 --images 256
+step train-b8-bf16 45 "${TRAIN[@]}" "${B8[@]}"
+step ablate-b8-no-channels-last 45 "${TRAIN[@]}" "${B8[@]}" --no-channels-last
+step ablate-b8-frozen-fp32 45 "${TRAIN[@]}" "${B8[@]}" --frozen-precision fp32
+step ablate-b8-compile 150 "${TRAIN[@]}" "${B8[@]}" --compile --compile-mode reduce-overhead
+step train-b8-bf16-vs-naive 100 "${TRAIN[@]}" --mode all --mixed-precision bf16 --batch-size 8 --steps 10 --warmup 3 --images 64 --cache-latents
 step profile 90 "$PY" benchmarks/profile_gpu.py --config "$CONFIG" --device "$DEVICE" --train-batches 8 --steps 2
-step train-b8-fp32 60 "${TRAIN[@]}" --mode ours --mixed-precision no --batch-size 8 --steps 20 --warmup 3 --images 64
-step train-b64-fp32 75 "${TRAIN[@]}" --mode ours --mixed-precision no --batch-size 64 --steps 10 --warmup 2 --images 256
-step reconstruct-fp32 60 "${REC[@]}" --precision fp32 --schedules ddim:50 --warmup 1 --repeats 2
+step ablate-b8-adamw-foreach 45 "${TRAIN[@]}" "${B8[@]}" --optimizer-impl foreach
+step reconstruct-bf16-old-path 50 "${REC[@]}" --precision bf16 --schedules ddim:50 --warmup 1 --repeats 2
+step train-b8-fp32 45 "${TRAIN[@]}" --mode ours --mixed-precision no --batch-size 8 --steps 10 --warmup 3 --images 64
+step train-b64-fp32 60 "${TRAIN[@]}" --mode ours --mixed-precision no --batch-size 64 --steps 6 --warmup 2 --images 256
 # FLOPs on the meta device (CPU only, no GPU memory) + peak fractions of the training rates measured above
 step flops 45 "$PY" benchmarks/flops.py --config "$CONFIG" --device meta --batch-sizes 8 64 --results "$RESULTS"
-# only if time is left: torch.compile (minutes of compilation, reported as warmup_s), the naive loop
-step reconstruct-bf16-compile 180 "${REC[@]}" --precision bf16 --channels-last --compile --schedules ddim:50 --warmup 1 --repeats 2
-step train-b8-bf16-vs-naive 120 "${TRAIN[@]}" --mode all --mixed-precision bf16 --batch-size 8 --steps 10 --warmup 3 --images 64
+step reconstruct-bf16-compile 180 "${REC[@]}" --precision bf16 --sampling-defaults --compile --schedules ddim:50 --warmup 1 --repeats 2
 
 [[ -n $DRY ]] && exit 0
 [[ $DEVICE == cuda* ]] && nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,power.draw --format=csv >>"$LOG" 2>&1

@@ -162,6 +162,96 @@ def to_tensor01(img: Image.Image):  # -> torch.Tensor
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def array_to01(array: np.ndarray) -> np.ndarray:
+    """A numpy image as skimage/OpenCV/imageio give it -> float32 ``[H, W, 3]`` in [0, 1].
+
+    Accepted: ``H×W`` or ``H×W×1`` grayscale (repeated to RGB), ``H×W×3`` RGB, ``H×W×4`` RGBA (alpha
+    dropped, as Pillow's ``convert("RGB")`` does); uint8 (/255), uint16 (/65535), bool, or floats in
+    [0, 1]. Anything else is one line naming the problem and the fix (OpenCV's BGR order cannot be told
+    apart from RGB: convert it with ``cv2.cvtColor`` first).
+    """
+    if not isinstance(array, np.ndarray):
+        raise FeatinvError(f"expected a numpy image, got {type(array).__name__}")
+    shape = tuple(array.shape)
+    if array.ndim == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
+        raise FeatinvError(f"numpy images must be channels-last H×W×C, got shape {shape}; "
+                           "transpose it with array.transpose(1, 2, 0)")
+    if array.ndim not in (2, 3) or (array.ndim == 3 and shape[-1] not in (1, 3, 4)):
+        raise FeatinvError(f"numpy images must be H×W (gray), H×W×1, H×W×3 or H×W×4 (RGBA), got shape {shape}")
+    if array.size == 0:
+        raise FeatinvError(f"numpy image of shape {shape} is empty; pass an image with pixels")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    array = array[:, :, :3] if array.shape[-1] == 4 else array
+    if array.dtype == np.uint8:
+        values = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        values = array.astype(np.float32) / 65535.0
+    elif array.dtype == np.bool_:
+        values = array.astype(np.float32)
+    elif np.issubdtype(array.dtype, np.floating):
+        values = array.astype(np.float32)
+        if not np.isfinite(values).all():
+            raise FeatinvError("numpy image contains NaN or infinite values; pass finite floats in [0, 1]")
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            hint = "divide by 255" if high > 1.0 and low >= 0.0 else "rescale it"
+            raise FeatinvError(f"float numpy images must lie in [0, 1], got values in [{low:g}, {high:g}]; {hint} first")
+    else:
+        raise FeatinvError(f"numpy images must be uint8, uint16, bool or float in [0, 1], got dtype {array.dtype}; "
+                           "cast with array.astype(np.uint8) or divide by 255 to get floats")
+    if values.shape[-1] == 1:
+        values = np.repeat(values, 3, axis=-1)
+    return np.ascontiguousarray(values)
+
+
+def image_to_tensor01(image: object):  # -> torch.Tensor
+    """One image of any accepted kind -> float tensor ``[3, H, W]`` in [0, 1]: the one image↔tensor entry.
+
+    A PIL image (any mode), a numpy array (see :func:`array_to01`), a ``[3, H, W]`` tensor (floats in
+    [0, 1] or integers in 0..255) or a path to an image file.
+    """
+    import torch
+
+    if isinstance(image, Image.Image):
+        return to_tensor01(image)
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(array_to01(image)).permute(2, 0, 1).contiguous()
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise FeatinvError(f"tensor images must be [3, H, W] (or a [B, 3, H, W] batch), got {list(image.shape)}")
+        if not image.is_floating_point():
+            return image.float() / 255.0
+        if image.numel() and float(image.max()) > 1.5:
+            raise FeatinvError("tensor images must be floats in [0, 1] (got values above 1); divide by 255 first")
+        return image.float()
+    if isinstance(image, (str, os.PathLike)):
+        return to_tensor01(open_image(image))
+    raise FeatinvError(f"cannot use {type(image).__name__} as an image; pass a PIL image, a numpy array "
+                       "(H×W×C), a [3, H, W] tensor in [0, 1] or a file path")
+
+
+def as_pil(image: object) -> Image.Image:
+    """One in-memory image (PIL, numpy array or ``[3, H, W]`` tensor) -> PIL RGB.
+
+    For APIs that keep PIL images (analyses, concept fitting, training sets): float numpy/tensor images
+    are rounded to 8 bits here, as any saved PNG would be.
+    """
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    return to_pil(image_to_tensor01(image))
+
+
+def is_image_object(value: object) -> bool:
+    """Whether ``value`` is an in-memory image :func:`as_pil` takes (PIL, numpy array or a 3-D tensor)."""
+    if isinstance(value, (Image.Image, np.ndarray)):
+        return True
+    import sys
+
+    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported: never import it for this
+    return torch is not None and isinstance(value, torch.Tensor) and value.ndim == 3
+
+
 def to_uint8(images01) -> np.ndarray:  # images01: torch.Tensor | np.ndarray
     """``[3, H, W]`` (or ``[H, W, 3]``) floats in [0, 1], tensor or array -> ``[H, W, 3]`` uint8 (clamped,
     rounded): the one float -> 8-bit conversion (PNGs, grids and figure panels all go through it)."""

@@ -93,6 +93,14 @@ def _owner_kind(path: Path) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+def _current_folder() -> Path | None:
+    """The resolved working folder, or None when it was deleted under the process (it then cannot be a target)."""
+    try:
+        return Path.cwd().resolve()
+    except FileNotFoundError:
+        return None
+
+
 def check_replaceable(path: str | os.PathLike[str], kind: str) -> Path:
     """Refuse to replace a folder featinv did not write as ``kind``: replacing deletes what it holds.
 
@@ -103,8 +111,8 @@ def check_replaceable(path: str | os.PathLike[str], kind: str) -> Path:
     path = Path(path)
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise FeatinvError(f"output path {path} is a file or link; pass a new or empty folder instead")
-    resolved, here = path.resolve(), Path.cwd().resolve()
-    if resolved == here or resolved in here.parents:
+    resolved, here = path.resolve(), _current_folder()
+    if here is not None and (resolved == here or resolved in here.parents):
         raise FeatinvError(f"output folder {path} is (or holds) the current folder; pass a new or empty folder instead")
     if not path.is_dir() or not any(path.iterdir()):
         return path

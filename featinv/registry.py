@@ -34,6 +34,8 @@ BUILTIN_PACKAGE = "featinv"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "featinv.plugins.backbones.timm",
     "featinv.plugins.backbones.torchvision",
+    "featinv.plugins.backbones.hf",
+    "featinv.plugins.backbones.py",
     "featinv.plugins.bases.pixel",
     "featinv.plugins.bases.sd",
     "featinv.plugins.encoders.conv",

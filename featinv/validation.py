@@ -105,3 +105,43 @@ def check_number(value: Any, name: str, low: float = 0.0, high: float | None = N
         bound = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
         raise FeatinvError(f"{name} must be a finite number {bound}, got {value!r}")
     return number
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; otherwise one line listing them."""
+    if value not in choices:
+        raise FeatinvError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_image_size(value: Any, name: str = "input size") -> tuple[int, int]:
+    """An integer of at least 8 or an (H, W) pair of them -> (H, W)."""
+    size = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in size):
+        raise FeatinvError(f"{name} must be an integer of at least 8 or a pair (H, W), got {value!r}")
+    return (int(size[0]), int(size[1]))
+
+
+def check_rgb(value: Any, name: str, positive: bool = False) -> tuple[float, float, float]:
+    """One number per RGB channel from 1 or 3 numbers (or "0.5,0.5,0.5" as typed on a command line)."""
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, (int, float)) else value
+    try:
+        values = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(v) for v in values) or (positive and min(values) <= 0):
+        kind = "positive numbers" if positive else "numbers"
+        raise FeatinvError(f"{name} must be 1 or 3 {kind} (one per RGB channel), got {value!r}; e.g. 0.5,0.5,0.5")
+    return values  # type: ignore[return-value]
+
+
+def check_normalisation(mean: Any = None, std: Any = None) -> dict[str, tuple[float, float, float]]:
+    """The given ``mean``/``std`` (None: not given) checked, as Preprocessing fields."""
+    out = {}
+    if mean is not None:
+        out["mean"] = check_rgb(mean, "mean")
+    if std is not None:
+        out["std"] = check_rgb(std, "std", positive=True)
+    return out

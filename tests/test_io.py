@@ -176,3 +176,14 @@ def test_output_lock_refuses_a_second_writer_and_is_taken_over_after_a_kill(tmp_
     deadline = time.monotonic() + 10
     with output_lock(out, "featinv eval") as folder:  # the dead holder's OS lock is gone: taken over at once
         assert folder == out and time.monotonic() < deadline
+
+
+def test_atomic_dir_works_after_the_working_folder_was_deleted(tmp_path, monkeypatch):
+    """A long run whose working folder is removed under it (a cleaned-up checkout) still writes its results."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with atomic_dir(tmp_path / "out", kind="checkpoint") as tmp:
+        (tmp / "w").write_text("1")
+    assert (tmp_path / "out" / "w").read_text() == "1"

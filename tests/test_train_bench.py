@@ -18,7 +18,7 @@ def test_bench_train_tiny_runs_all_modes(capsys):
     threads = torch.get_num_threads()
     try:
         bench.main(["--config", "tiny", "--steps", "1", "--warmup", "1", "--images", "4", "--batch-size", "2",
-                    "--threads", "1"])
+                    "--threads", "1", "--num-workers", "1"])
     finally:
         torch.set_num_threads(threads)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
@@ -27,3 +27,6 @@ def test_bench_train_tiny_runs_all_modes(capsys):
     assert set(report["results"]) == {"ours", "cache", "naive"}
     assert all(r["samples_per_s"] > 0 for r in report["results"].values())
     assert {"machine", "device", "settings", "speedup_vs_naive"} <= set(report)
+    # the cache build is timed apart from the steps; every mode ran with the same worker count
+    assert report["results"]["cache"]["cache_build_s"] > 0 and report["settings"]["num_workers"] == 1
+    assert all(r["setup_s"] >= 0 for name, r in report["results"].items() if name != "naive")

@@ -115,37 +115,39 @@ def _safe_name(name: str) -> str:
 def _is_named_pair(value: Any) -> bool:
     from PIL import Image
 
+    from featinv.data import is_image_object
+
     return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) \
-        and isinstance(value[1], Image.Image)
+        and (isinstance(value[1], Image.Image) or is_image_object(value[1]))
 
 
 def as_images(images: Any, what: str = "images") -> list[NamedImage]:
-    """Images given as a path (file or folder), a PIL image, ``(name, PIL)`` pairs, or a list of these.
+    """Images given as a path (file or folder), an in-memory image (PIL, numpy H×W×C array, ``[3, H, W]``
+    tensor), ``(name, image)`` pairs, or a list of these.
 
     Names are made filename-safe and unique, so every image gets its own figure.
     """
-    from PIL import Image
-
-    from featinv.data import load_images
+    from featinv.data import as_pil, is_image_object, load_images
 
     if images is None:
         raise FeatinvError(f"no {what} given; pass an image file, a folder or PIL images")
-    if isinstance(images, (str, os.PathLike, Image.Image, NamedImage)) or (
-        _is_named_pair(images)
-    ):
+    if getattr(images, "ndim", 0) == 4 and is_image_object(images):  # a B×H×W×C numpy batch
+        images = list(images)
+    if isinstance(images, (str, os.PathLike, NamedImage)) or is_image_object(images) or _is_named_pair(images):
         images = [images]
     items: list[NamedImage] = []
     for index, entry in enumerate(images):
         if isinstance(entry, NamedImage):
             items.append(entry)
-        elif isinstance(entry, Image.Image):
-            items.append(NamedImage(f"image{index}", entry.convert("RGB")))
+        elif is_image_object(entry):
+            items.append(NamedImage(f"image{index}", as_pil(entry)))
         elif _is_named_pair(entry):
-            items.append(NamedImage(str(entry[0]), entry[1].convert("RGB")))
+            items.append(NamedImage(str(entry[0]), as_pil(entry[1])))
         elif isinstance(entry, (str, os.PathLike)):
             items.extend(NamedImage(name, img) for name, img in load_images([entry]))
         else:
-            raise FeatinvError(f"cannot use {type(entry).__name__} as an image; pass file paths, folders or PIL images")
+            raise FeatinvError(f"cannot use {type(entry).__name__} as an image; pass file paths, folders, PIL images "
+                               "or numpy arrays")
     if not items:
         raise FeatinvError(f"no {what} given; pass an image file, a folder or PIL images")
     seen: dict[str, int] = {}

@@ -105,13 +105,19 @@ def gradcam(backbone: Any, x: Tensor, target: int, size: tuple[int, int]) -> Ten
     grid = tuple(backbone.info.grid)
     x = x.detach().clone().to(backbone.device).requires_grad_(True)
     with torch.enable_grad():
-        attr = LayerGradCam(backbone.model, module).attribute(x, target=int(target), relu_attributions=True)
+        attr = LayerGradCam(lambda inputs: _logits(backbone, inputs), module).attribute(
+            x, target=int(target), relu_attributions=True)
         if attr.ndim != 4 or tuple(attr.shape[1:]) != (1, *grid):
             attr = _gradcam_nchw(backbone, module, x, int(target))
     cam = LayerAttribution.interpolate(attr.detach().float(), size, interpolate_mode="bilinear")[0, 0]
     cam = cam.clamp_min(0)
     peak = float(cam.max())
     return (cam / peak if peak > 0 else cam).cpu()
+
+
+def _logits(backbone: Any, x: Tensor) -> Tensor:
+    """The backbone's class logits with gradients (a Hugging Face model returns them inside an output object)."""
+    return backbone.knowledge.logits(backbone.knowledge.run(backbone.model, x))
 
 
 def _gradcam_nchw(backbone: Any, module: torch.nn.Module, x: Tensor, target: int) -> Tensor:
@@ -122,10 +128,10 @@ def _gradcam_nchw(backbone: Any, module: torch.nn.Module, x: Tensor, target: int
 
     handle = module.register_forward_hook(hook)
     try:
-        logits = backbone.model(x)
+        logits = _logits(backbone, x)
     finally:
         handle.remove()
-    output = store["output"]
+    output = backbone.knowledge.layer_output(store["output"])
     (grad,) = torch.autograd.grad(logits[:, target].sum(), output)
     acts = backbone.to_nchw(output, x)
     grads = backbone.to_nchw(grad, x)
@@ -139,7 +145,7 @@ class SteeringItem:
     name: str
     image: np.ndarray                 # [R, R, 3] uint8, the crop the backbone sees
     concepts: list[int]
-    top1: int
+    top1: int | None                  # None: the backbone has no classifier
     top1_name: str | None
     difference: Tensor                # median Euclidean RGB distance per concept (raw)
     normalised: Tensor                # difference / its max
@@ -215,6 +221,9 @@ class Steering(Analysis):
         info = model.backbone.info
         decomposer.check_backbone(info.spec, info.layer, info.channels)
         chosen = parse_concepts(concepts, decomposer.n_concepts)
+        if not model.backbone.has_classifier:
+            warnings.warn(f"{info.spec} has no classifier head: the top-1 class and Grad-CAM are left out",
+                          UserWarning, stacklevel=2)
         return [self._one(model, decomposer, item, chosen) for item in as_images(images)]
 
     def _one(self, model: Any, decomposer: Any, item: NamedImage, chosen: list[int]) -> SteeringItem:
@@ -223,8 +232,10 @@ class Steering(Analysis):
 
         backbone = model.backbone
         x = backbone.preprocess(item.image)
-        with torch.no_grad():
-            top1 = int(backbone.logits(x).argmax(-1)[0])
+        top1 = None
+        if backbone.has_classifier:  # an encoder without a classifier has no top-1 class and no Grad-CAM
+            with torch.no_grad():
+                top1 = int(backbone.logits(x).argmax(-1)[0])
         fmap = image_features(model, [item.image])
         decomposition = decomposer.decompose(fmap)
         original = decomposition.total()   # Algorithm 1: phi = sum_i phi_i
@@ -253,12 +264,12 @@ class Steering(Analysis):
         upsampled = F.interpolate(coarse[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         energy = decomposition.parts.double().pow(2).sum(dim=(1, 2, 3, 4))
         total_energy = float(energy.sum()) or 1.0
-        cam = gradcam(backbone, x, top1, size) if self.use_gradcam else None
+        cam = gradcam(backbone, x, top1, size) if self.use_gradcam and top1 is not None else None
         rec_cos = float(cosine_median(original.expand(self.n, -1, -1, -1).cpu(),
                                       reconstruction_features(model, originals).cpu()).median())
         return SteeringItem(
             name=item.name, image=display_image(item.image, size[0], tuple(info_aspect(backbone))), concepts=chosen,
-            top1=top1, top1_name=class_name(top1, backbone.info.num_classes), difference=difference, normalised=normalised, masks=normalised >= self.threshold,
+            top1=top1, top1_name=class_name(top1, backbone.info.num_classes) if top1 is not None else None, difference=difference, normalised=normalised, masks=normalised >= self.threshold,
             concept_maps=_normalise(upsampled.clamp_min(0)), coarse_maps=coarse, gradcam=cam,
             original_reconstruction=originals[0], edited_reconstructions=edits[:, 0], seeds=seeds,
             threshold=self.threshold, energy_share=[float(energy[c]) / total_energy for c in chosen],
@@ -270,7 +281,7 @@ class Steering(Analysis):
         upsampled concept maps; bottom row, one seed's reconstruction of the original and of each edit."""
         k = len(item.concepts)
         fig, axes = new_figure(3, k + 1)
-        label = f"top-1: {item.top1}" + (f" {item.top1_name}" if item.top1_name else "")
+        label = "" if item.top1 is None else f"top-1: {item.top1}" + (f" {item.top1_name}" if item.top1_name else "")
         image_panel(axes[0, 0], item.image, "original", label)
         for j, c in enumerate(item.concepts):
             mask = item.masks[j].numpy()

@@ -8,7 +8,10 @@ import typer
 
 from featinv.cli.options import DataDir, OutDir, Quiet
 from featinv.cli.train import (
+    ChannelsLast,
     CkptEvery,
+    Compile,
+    CompileMode,
     Epochs,
     GradAccum,
     GradCkpt,
@@ -18,6 +21,7 @@ from featinv.cli.train import (
     MaxSamples,
     MaxSteps,
     MixedPrecision,
+    OptimizerImpl,
     Resume,
     Seed,
     TensorBoard,
@@ -52,6 +56,10 @@ def base_train(
     max_samples: MaxSamples = None,
     mixed_precision: MixedPrecision = "no",
     gradient_checkpointing: GradCkpt = False,
+    channels_last: ChannelsLast = None,
+    optimizer_impl: OptimizerImpl = "auto",
+    compile: Compile = False,
+    compile_mode: CompileMode = None,
     num_workers: Workers = 2,
     seed: Seed = 0,
     checkpoint_every: CkptEvery = 500,

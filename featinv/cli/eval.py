@@ -76,6 +76,9 @@ def _print_summaries(summaries: list[dict], title: str) -> None:
                           "(no Inception weights installed), not comparable to published FID values.")
             break
     for s in summaries:
+        if s.get("topk_note"):
+            console.print(f"[yellow]note:[/] {s['model']}: {s['topk_note']}")
+    for s in summaries:
         if s.get("guidance_warning"):
             console.print(f"[yellow]warning:[/] {s['model']}: {s['guidance_warning']}")
 
@@ -214,13 +217,18 @@ def eval_sweep(
     table = Table(title=f"{n['model']}: guidance sweep")
     from rich.markup import escape
 
-    for col in ("guidance", n["fid_label"] or "FID", "cosine distance", "top5(1)"):
+    topk = any(v is not None for v in n["top5"])  # a backbone without a classifier has no top-k column
+    for col in ("guidance", n["fid_label"] or "FID", "cosine distance", *(["top5(1)"] if topk else [])):
         table.add_column(escape(col), justify="right")
     for i, g in enumerate(n["guidance"]):
         fid_v, cos_v = n["fid"][i], n["cosine_distance"][i]
         table.add_row(f"{g:g}", "n/a" if fid_v is None else f"{fid_v:.2f}", "n/a" if cos_v is None else f"{cos_v:.3f}",
-                      f"{100 * n['top5'][i]:.0f}% ({100 * n['top1'][i]:.0f}%)")
+                      *([f"{100 * n['top5'][i]:.0f}% ({100 * n['top1'][i]:.0f}%)"] if topk else []))
     console.print(table)
+    if not topk:
+        from featinv.evaluation.evaluate import NO_CLASSIFIER_NOTE
+
+        console.print(f"[yellow]note:[/] {NO_CLASSIFIER_NOTE}")
     console.print(f"plot: {result.plot}")
 
 

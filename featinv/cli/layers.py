@@ -9,13 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from featinv.cli.options import Device, InputSize, JsonOutput, Layer
+from featinv.cli.options import Device, InputSize, JsonOutput, Layer, Mean, Std
 from featinv.console import console
 
 
 def layers(
-    spec: Annotated[str, typer.Argument(help="Backbone spec, e.g. timm:convnext_tiny or torchvision:resnet50.")],
+    spec: Annotated[str, typer.Argument(help="Backbone spec, e.g. timm:convnext_tiny, torchvision:resnet50, "
+                                        "hf:/path/to/saved/model or py:package.module:factory.")],
     input_size: InputSize = None,
+    mean: Mean = None,
+    std: Std = None,
     layer: Layer = None,
     weights: Annotated[str, typer.Option("--weights", help="Weights to build with; shapes do not depend on "
                                          "them, so 'none' (no download) is the default.")] = "none",
@@ -31,7 +34,8 @@ def layers(
     """
     from featinv.features.backbone import list_layers
 
-    model, infos = list_layers(spec, input_size=input_size, weights=weights, layer=layer, device=device)
+    model, infos = list_layers(spec, input_size=input_size, weights=weights, layer=layer, device=device, mean=mean,
+                               std=std)
     if spatial_only:
         infos = [info for info in infos if info.spatial]
     if json_output:
@@ -53,6 +57,9 @@ def layers(
         table.add_row(mark, info.path, info.type, shape,
                       str(info.stride) if info.stride else "—", info.layout, style=style)
     console.print(table)
+    if not model.has_classifier:
+        console.print(f"note: {model.spec} has no classifier head: top-k match, Grad-CAM and class relevance "
+                      "are not available; reconstruction, cosine, FID, concepts and the analyses work")
 
 
 def register(app: typer.Typer) -> None:

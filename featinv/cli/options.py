@@ -45,10 +45,14 @@ def parse_options(items: list[str] | None, option: str = "--option", example: st
     return options
 
 
-BackboneSpec = Annotated[str, typer.Option("--backbone", "-b", help="Backbone spec, e.g. timm:convnext_base or torchvision:resnet50.")]
+BackboneSpec = Annotated[str, typer.Option("--backbone", "-b", help="Backbone spec, e.g. timm:convnext_base, "
+                                           "torchvision:resnet50, hf:/path/to/saved/model or py:package.module:factory.")]
 Layer = Annotated[str | None, typer.Option("--layer", "-l", help="Module path of the layer (default: last spatial map). See `featinv layers SPEC`.")]
 Weights = Annotated[str, typer.Option("--weights", help="Backbone weights: pretrained, none, or a local .pth/.pt/.safetensors file.")]
 InputSize = Annotated[int | None, typer.Option("--input-size", min=8, help="Backbone input size in pixels (default: the model's own).")]
+Mean = Annotated[str | None, typer.Option("--mean", help="Replace the backbone's normalisation mean, e.g. 0.5,0.5,0.5 "
+                                          "(default: the model's own; 0.485,0.456,0.406 for a py: model).")]
+Std = Annotated[str | None, typer.Option("--std", help="Replace the backbone's normalisation std, e.g. 0.5,0.5,0.5.")]
 BaseSpec = Annotated[str, typer.Option("--base", help="Diffusion base: sd:PATH_OR_HUB_ID or pixel:DIR.")]
 RunDir = Annotated[Path, typer.Option("--run", help="A FeatInv run folder (written by `featinv train`).")]
 DataDir = Annotated[Path, typer.Option("--data", help="Image folder (recursive; ImageNet layout works).")]

@@ -15,10 +15,12 @@ from featinv.cli.options import (
     DataDir,
     InputSize,
     Layer,
+    Mean,
     OutDir,
     Pooled,
     PresetName,
     Quiet,
+    Std,
     Weights,
     apply_preset,
     given_options,
@@ -57,6 +59,16 @@ ConsistencyFraction = Annotated[float, typer.Option(
     "--consistency-fraction", help="Part of each batch (drawn at random, in (0, 1]) the consistency term is "
     "computed on; lower is cheaper.")]
 TrainDevice = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: what accelerate picks).")]
+ChannelsLast = Annotated[bool | None, typer.Option(
+    "--channels-last/--no-channels-last", help="NHWC weights and activations (default: on for CUDA, off on a CPU).")]
+OptimizerImpl = Annotated[str, typer.Option(
+    "--optimizer-impl", help="AdamW kernel: auto (fused on CUDA, torch's default on a CPU), fused, foreach or loop.")]
+Compile = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the networks of the training step; the first step compiles (minutes) and "
+    "is reported apart from samples/s.")]
+CompileMode = Annotated[str | None, typer.Option(
+    "--compile-mode", help="torch.compile mode with --compile: default, reduce-overhead (CUDA graphs, for small "
+    "batches), max-autotune or max-autotune-no-cudagraphs.")]
 
 
 def loop_kwargs(values: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +82,8 @@ def loop_kwargs(values: dict[str, Any]) -> dict[str, Any]:
         "keep_checkpoints": values["keep_checkpoints"], "resume": values["resume"], "log_every": values["log_every"],
         "validate_every": values["validate_every"], "val_steps": values["val_steps"],
         "tracker": "tensorboard" if values["tensorboard"] else None, "device": values["device"],
-        "progress": not values["quiet"],
+        "progress": not values["quiet"], "channels_last": values["channels_last"],
+        "optimizer_impl": values["optimizer_impl"], "compile": values["compile"], "compile_mode": values["compile_mode"],
     }
 
 
@@ -85,7 +98,8 @@ def train_settings(values: dict[str, Any]) -> dict[str, Any]:
     return dict(**loop_kwargs(values), encoder_kwargs=encoder_kwargs, backbone_weights=values["weights"],
                 hflip=not values["no_flips"], vflip=not values["no_flips"],
                 **{key: values[key] for key in ("backbone", "base", "layer", "pooled", "encoder", "input_size",
-                                                "resolution", "cache_features", "cache_views", "features_from",
+                                                "resolution", "cache_features", "cache_views", "cache_latents", "frozen_precision",
+                                                "features_from",
                                                 "consistency_weight", "consistency_fraction")},
                 **({"consistency_max_t": max_t} if max_t is not None else {}))
 
@@ -105,6 +119,8 @@ def train(
     input_size: InputSize = None,
     resolution: Annotated[int | None, typer.Option("--resolution", min=8, help="The diffusion base's image size "
                                                    "in pixels (default: what its configs say; they must agree).")] = None,
+    mean: Mean = None,
+    std: Std = None,
     epochs: Epochs = 3.0,
     max_steps: MaxSteps = None,
     batch_size: TrainBatch = 8,
@@ -115,6 +131,8 @@ def train(
     cache_features: Annotated[bool, typer.Option("--cache-features", help="Compute features + targets once for fixed "
                                                  "crops and train from that cache (no augmentation; fast on a CPU).")] = False,
     cache_views: Annotated[int, typer.Option("--cache-views", min=1, help="Fixed crops per image in the cache.")] = 1,
+    cache_latents: Annotated[bool, typer.Option("--cache-latents", help="With --cache-features: VAE-encode the fixed "
+                                                "crops once too (no encoder in the step).")] = False,
     no_flips: Annotated[bool, typer.Option("--no-flips", help="No horizontal/vertical flips.")] = False,
     features_from: Annotated[str, typer.Option("--features-from", help="What the backbone sees: crop (the crop at "
                                                "its input size, the paper) or target (the base-resolution image "
@@ -123,7 +141,14 @@ def train(
     consistency_max_t: ConsistencyMaxT = None,
     consistency_fraction: ConsistencyFraction = 1.0,
     mixed_precision: MixedPrecision = "no",
+    frozen_precision: Annotated[str, typer.Option(
+        "--frozen-precision", help="Weights of the frozen UNet/VAE/backbone: auto (the --mixed-precision dtype on "
+        "CUDA, else fp32), fp32, bf16 or fp16.")] = "auto",
     gradient_checkpointing: GradCkpt = False,
+    channels_last: ChannelsLast = None,
+    optimizer_impl: OptimizerImpl = "auto",
+    compile: Compile = False,
+    compile_mode: CompileMode = None,
     num_workers: Workers = 2,
     seed: Seed = 0,
     checkpoint_every: CkptEvery = 500,
@@ -153,7 +178,13 @@ def train(
     from featinv.training.config import TrainConfig
     from featinv.training.loop import train as run
 
-    settings = train_settings(dict(locals()))
+    values = dict(locals())
+    if mean is not None or std is not None:  # a built backbone carries them into the run's config
+        from featinv.features.backbone import backbone as make_backbone
+
+        values["backbone"] = make_backbone(backbone, layer=layer, weights=weights, input_size=input_size, mean=mean,
+                                           std=std)
+    settings = train_settings(values)
     if preset is not None:
         from featinv.presets import get
 

@@ -33,24 +33,25 @@ def _image_items(data: Any, max_images: int | None) -> tuple[list[Any], str]:
     """
     from PIL import Image as PILImage
 
-    from featinv.data import find_images
+    from featinv.data import as_pil, find_images, is_image_object
 
     if data is None:
         raise FeatinvError("no fitting data given; pass an image folder (e.g. one class), image files or PIL images")
     if isinstance(data, (str, os.PathLike)):
         items: list[Any] = list(find_images(data).paths)
         description = str(data)
-    elif isinstance(data, PILImage.Image):
-        items, description = [data], "1 image"
+    elif is_image_object(data):
+        items, description = [as_pil(data)], "1 image"
     elif isinstance(data, Sequence) and len(data) > 0:
         items = []
         for item in data:
             if isinstance(item, (str, os.PathLike)):
                 items.extend(find_images(item).paths)
-            elif isinstance(item, PILImage.Image):
-                items.append(item)
+            elif is_image_object(item):
+                items.append(item if isinstance(item, PILImage.Image) else as_pil(item))
             else:
-                raise FeatinvError(f"fitting data must be image paths or PIL images, got {type(item).__name__}")
+                raise FeatinvError(f"fitting data must be image paths, PIL images or numpy arrays, got "
+                                   f"{type(item).__name__}")
         description = f"{len(items)} images"
     else:
         raise FeatinvError(f"fitting data must be a folder, image path(s) or PIL images, got {type(data).__name__}")
@@ -99,6 +100,9 @@ def classifier_row(backbone: Backbone, target_class: int) -> Tensor:
     Relevances ``<f_c, w>`` only mean something when the classifier is linear in the layer's features
     (the layer is the one directly before global pooling and the last ``Linear``).
     """
+    if not getattr(backbone, "has_classifier", True):
+        raise FeatinvError(f"{backbone.spec} has no classifier head, so concept relevance for a class is not "
+                           "available; fit without --target-class")
     linear = [m for m in backbone.model.modules() if isinstance(m, torch.nn.Linear)]
     if not linear:
         raise FeatinvError(f"{backbone.spec} has no linear classifier; fit without target_class")

@@ -154,11 +154,23 @@ class DiffusionBase:
 
     def encode(self, images01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images in [0,1] (resized to the base resolution) -> the space the UNet denoises."""
+        return self.sample_latents(self.encode_moments(images01), generator)
+
+    def encode_moments(self, images01: torch.Tensor) -> torch.Tensor:
+        """The deterministic half of :meth:`encode`, which a latent cache keeps: the VAE's latent distribution
+        (mean and log-variance, ``[B, 2C, h, w]``), or without a VAE the images in [-1, 1] themselves."""
         x = self._at_resolution(images01) * 2.0 - 1.0
         if self.vae is None:
             return x
-        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
-        latents = dist.sample(generator=generator)
+        return self.vae.encode(x.to(self.vae.dtype)).latent_dist.parameters
+
+    def sample_latents(self, moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The random half of :meth:`encode`: one latent drawn from ``moments`` (the identity without a VAE)."""
+        if self.vae is None:
+            return moments
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        latents = DiagonalGaussianDistribution(moments).sample(generator=generator)
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
 

@@ -67,8 +67,11 @@ def _backbone_entry(bb: Any, weights: str) -> dict[str, Any]:
     info = bb.info
     if weights not in ("pretrained", "none") and Path(weights).exists():
         weights = str(Path(weights).resolve())
-    return {"spec": bb.spec, "layer": bb.layer, "weights": weights, "input_size": list(info.input_size),
-            "channels": int(info.channels), "grid": list(info.grid)}
+    entry = {"spec": bb.spec, "layer": bb.layer, "weights": weights, "input_size": list(info.input_size),
+             "channels": int(info.channels), "grid": list(info.grid)}
+    if getattr(bb, "overrides", None):  # a user-given mean/std, so the run rebuilds the same preprocessing
+        entry["preprocessing"] = dict(bb.overrides)
+    return entry
 
 
 def _check_backbone(bb: Any, expected: dict[str, Any], run: str) -> None:
@@ -160,7 +163,8 @@ class FeatInv:
 
             size = entry.get("input_size")
             backbone = make_backbone(entry["spec"], layer=entry["layer"], weights=entry.get("weights", "pretrained"),
-                                     input_size=int(size[0]) if size else None, device=device)
+                                     input_size=int(size[0]) if size else None, device=device,
+                                     **entry.get("preprocessing", {}))
         _check_backbone(backbone, entry, str(run_dir))
         base_obj = load_base(base if base is not None else config["base"]["spec"], device=device,
                              resolution=config["base"].get("resolution"))
@@ -214,6 +218,20 @@ class FeatInv:
                               "compile_mode": compile_mode}
         return self
 
+    def sampling_defaults(self) -> FeatInv:
+        """The sampler's GPU defaults, applied by :func:`load_model` (``reconstruct``, ``eval``, analyses): on CUDA
+        every network NHWC and the denoiser (UNet + ControlNet, 98% of a reconstruction's FLOPs) stored in bf16,
+        so no weight is cast per step; the VAE and the backbone keep fp32 weights, so what ``eval`` measures is
+        not rounded. On any other device nothing changes (CPU results stay bit for bit). Compilation stays
+        opt-in (:meth:`optimize`): its warm-up takes minutes."""
+        if self.device.type != "cuda":
+            return self
+        self.optimize(channels_last=True)
+        for module in (self.base.unet, self.controlnet):
+            module.to(torch.bfloat16)
+        self.optimizations["bf16_denoiser"] = True
+        return self
+
     def __repr__(self) -> str:
         entry = self.config["backbone"]
         return (f"FeatInv(backbone={entry['spec']}@{entry['layer']}, base={self.base.spec}, pooled={self.pooled}, "
@@ -228,7 +246,8 @@ class FeatInv:
 
     @torch.no_grad()  # not inference_mode: the trainer feeds these maps into a graph with gradients
     def features(self, images: Any) -> torch.Tensor:
-        """Backbone feature maps for PIL images or ``[B,3,H,W]`` tensors in [0,1]; pooled if this is a pooled run."""
+        """Backbone feature maps for images of any kind :meth:`Backbone.preprocess` takes (PIL, numpy arrays,
+        ``[B,3,H,W]`` tensors in [0,1], paths, lists of these); pooled if this is a pooled run."""
         x = self.backbone.preprocess(images).to(self.device)
         return self.backbone.features(x, pooled=self.pooled)
 
@@ -249,18 +268,22 @@ class FeatInv:
     # ---- training ------------------------------------------------------------------------------
     def training_loss(self, features: torch.Tensor, images01: torch.Tensor, drop: torch.Tensor,
                       generator: torch.Generator | None = None,
-                      consistency: FeatureConsistency | None = None) -> torch.Tensor:
+                      consistency: FeatureConsistency | None = None,
+                      moments: torch.Tensor | None = None) -> torch.Tensor:
         """Noise-prediction (or v) MSE of the ControlNet-steered UNet.
 
         ``drop[i]`` zeroes sample i's feature map and empties its prompt (the paper drops 15%), which
         teaches the unconditional branch used by classifier-free guidance. An active ``consistency`` adds
         the feature-consistency term (:mod:`featinv.diffusion.consistency`); without it the loss is the paper's.
+        ``moments`` (``base.encode_moments(images01)``, cached by ``--cache-latents``) skips the VAE encoder;
+        the latent is then drawn from them with the same generator, so the loss is the one without a cache.
         """
         base = self.base
         drop = torch.as_tensor(drop, dtype=torch.bool, device=self.device).reshape(-1)
         features = self._conditioning(features) * (~drop).to(torch.float32)[:, None, None, None]
         with torch.no_grad():
-            latents = base.encode(images01, generator=generator)
+            latents = (base.encode(images01, generator=generator) if moments is None
+                       else base.sample_latents(moments.to(self.device), generator=generator))
         scheduler = base.make_scheduler("ddpm")
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
         t = torch.randint(0, base.num_train_timesteps, (latents.shape[0],), generator=generator).to(self.device)
@@ -276,24 +299,27 @@ class FeatInv:
     # ---- sampling ------------------------------------------------------------------------------
     def reconstruct(self, features: torch.Tensor | None = None, images: Any = None, seeds: Any = (0,),
                     guidance_scale: float | None = None, steps: int = 50, scheduler: str = "ddim",
-                    batch_size: int = 16, progress: bool = True, bf16: bool = False,
+                    batch_size: int | str = 16, progress: bool = True, bf16: bool = False,
                     feature_guidance: FeatureGuidance | float = 0.0, fidelity: bool = True,
                     control_strength: float = 1.0, guess_mode: bool = False) -> Reconstruction:
-        """Sample images whose features should match ``features`` (or those of ``images``).
+        """Sample images whose features should match ``features`` (or those of ``images``: PIL images, numpy
+        arrays, tensors or paths, see :meth:`Backbone.preprocess`).
 
         One seed per sample (or one seed for all); a sample's image depends only on its own features
         and seed, never on the rest of its batch. Images come out at the base resolution; use
         :meth:`Reconstruction.resized` for the backbone's input size. ``feature_guidance`` (a strength or
         a :class:`~featinv.diffusion.guidance.FeatureGuidance`) steers sampling toward the target features;
         0 is the paper's sampler, bit for bit. ``fidelity`` scores each output against its map (one
-        backbone pass) into :attr:`Reconstruction.fidelity`. ``control_strength`` (a scale on every ControlNet
-        residual) and ``guess_mode`` (no features in the unconditional branch, residual scales 0.825^(12-i))
-        are the authors' sampler controls; 1.0 and off are the paper's sampler, bit for bit.
+        backbone pass) into :attr:`Reconstruction.fidelity`. ``batch_size="auto"`` takes the largest batch
+        that fits the free GPU memory (:func:`~featinv.diffusion.memory.fitting_batch_size`; 16 on a CPU). ``control_strength``
+        (a scale on every ControlNet residual) and ``guess_mode`` (no features in the unconditional branch,
+        residual scales 0.825^(12-i)) are the authors' sampler controls; 1.0 and off are the paper's sampler.
         """
         if (features is None) == (images is None):
             raise FeatinvError("pass exactly one of features= or images= to reconstruct")
         check_steps(steps, limit=self.base.num_train_timesteps)
-        check_count(batch_size, "batch size")
+        if batch_size != "auto":
+            check_count(batch_size, "batch size")
         steering = FeatureGuidance.of(feature_guidance)
         control = ControlScales(control_strength, bool(guess_mode))
         if features is None:
@@ -306,6 +332,10 @@ class FeatInv:
         if len(seeds) != n:
             raise FeatinvError(f"got {len(seeds)} seeds for {n} feature maps; pass one seed per map or a single seed")
         guidance = self.guidance_scale if guidance_scale is None else check_guidance(guidance_scale)
+        if batch_size == "auto":
+            from featinv.diffusion.memory import fitting_batch_size
+
+            batch_size = fitting_batch_size(self, n if self.device.type == "cuda" else 16, guidance)
         sampler = self.base.make_scheduler(scheduler)
         latent_shape = (self.base.latent_channels, self.base.latent_size, self.base.latent_size)
         chunks = range(0, n, batch_size)
@@ -335,9 +365,10 @@ class FeatInv:
 
 
 def load_model(run: FeatInv | str | os.PathLike[str], device: str | torch.device = "cpu") -> FeatInv:
-    """The one run loader: a FeatInv model given as an object, or a run folder to load it from."""
+    """The one run loader: a FeatInv model given as an object (used as it is), or a run folder to load it from
+    (with :meth:`FeatInv.sampling_defaults`: on CUDA, NHWC and a bf16 denoiser; elsewhere unchanged)."""
     if isinstance(run, (str, os.PathLike)):
-        return FeatInv.from_pretrained(run, device=device)
+        return FeatInv.from_pretrained(run, device=device).sampling_defaults()
     if not hasattr(run, "reconstruct") or not hasattr(run, "backbone"):
         raise FeatinvError(f"expected a FeatInv model or a run folder, got {type(run).__name__}; pass a run folder "
                            "written by `featinv train` (--run DIR) or featinv.FeatInv.from_pretrained(run_dir)")

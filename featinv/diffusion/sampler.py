@@ -78,10 +78,11 @@ def denoise(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, sc
     if guided and target is None:
         raise FeatinvError("feature guidance needs a GuidanceTarget (the backbone and the maps to match); "
                            "pass target= or use FeatInv.reconstruct(feature_guidance=...)")
+    half = _autocast_dtype(unet, bf16, device)
     for index, t in enumerate(scheduler.timesteps):
 
         def predict(x: torch.Tensor, rows: slice = slice(None), t: torch.Tensor = t) -> torch.Tensor:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+            with torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=half is not None):
                 return guided_prediction(unet, controlnet, scheduler.scale_model_input(x, t), t,
                                          None if features is None else features[rows], cond_embeds[rows],
                                          uncond_embeds[rows], guidance_scale, control)
@@ -94,3 +95,12 @@ def denoise(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, sc
         if on_step is not None:
             on_step()
     return latents
+
+
+def _autocast_dtype(unet: torch.nn.Module, bf16: bool, device: torch.device) -> torch.dtype | None:
+    """The denoiser's autocast precision: that of a UNet stored in half precision (its inputs must match), else
+    bf16 when asked for on CUDA (a CPU ignores ``bf16``: it is slower there), else none (fp32)."""
+    stored = next(unet.parameters()).dtype
+    if stored != torch.float32:
+        return stored
+    return torch.bfloat16 if bf16 and device.type == "cuda" else None

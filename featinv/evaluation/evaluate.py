@@ -36,6 +36,8 @@ from featinv.outputs import ResumableIndex, save_png
 __all__ = ["EvalResult", "evaluate", "load_backbones"]
 
 SUBSTITUTE_SPEC = "timm:tf_efficientnet_lite0"  # offline pretrained backbone for the labelled FID substitute
+#: why an evaluation of an encoder without a classifier head has no top-k columns
+NO_CLASSIFIER_NOTE = "top-5/top-1 match left out: the backbone has no classifier head (no class logits)"
 
 
 @dataclass
@@ -57,12 +59,14 @@ class EvalResult:
         return low, high
 
     @property
-    def top5(self) -> float:
-        return self.summary["top5"]
+    def top5(self) -> float | None:
+        """None for a backbone without a classifier (see ``summary["topk_note"]``)."""
+        return self.summary.get("top5")
 
     @property
-    def top1(self) -> float:
-        return self.summary["top1"]
+    def top1(self) -> float | None:
+        """None for a backbone without a classifier (see ``summary["topk_note"]``)."""
+        return self.summary.get("top1")
 
     @property
     def fid(self) -> float | None:
@@ -138,6 +142,7 @@ def load_backbones(specs: Sequence[str], weights: Sequence[str] | None, device: 
     for i, spec in enumerate(specs):
         w = weights[i] if len(weights) == len(specs) else (weights[0] if weights else "pretrained")
         out[spec] = load_judge(spec, w, device)
+        out[spec].require_classifier("top-5/top-1 match")  # judging backbones score by class
     return out
 
 
@@ -463,8 +468,7 @@ def _reconstruct_batch(
                                                                             resize=resize_mode))
         positions = cosine_positions(f_orig.cpu(), f_rec.cpu())
         cos = metrics.cosine_median(f_orig.cpu(), f_rec.cpu())
-        top1 = metrics.topk_match(logits_orig.cpu(), logits_rec.cpu(), 1)
-        top5 = metrics.topk_match(logits_orig.cpu(), logits_rec.cpu(), 5)
+        classes = _class_matches(logits_orig, logits_rec)
         cross: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for spec, other in extra.items():
             lo = other.logits(other.preprocess(pils)).cpu()
@@ -475,10 +479,7 @@ def _reconstruct_batch(
         row: dict[str, Any] = {
             "cosine": float(cos[i]),
             "cosine_positions": encode_positions(positions[i]),
-            "top1": bool(top1[i]),
-            "top5": bool(top5[i]),
-            "pred_original": int(logits_orig[i].argmax()),
-            "pred_reconstruction": int(logits_rec[i].argmax()),
+            **{k: v[i] for k, v in classes.items()},  # nothing when the backbone has no classifier
             **{k: v[i] for k, v in pixels.items()},
         }
         if getattr(rec, "fidelity", None) is not None:
@@ -487,6 +488,18 @@ def _reconstruct_batch(
             row["cross"] = {spec: {"top1": bool(t1[i]), "top5": bool(t5[i])} for spec, (t1, t5) in cross.items()}
         out.append((row, to_pil(rec_images[i])))
     return out
+
+
+def _class_matches(logits_orig: torch.Tensor | None, logits_rec: torch.Tensor | None) -> dict[str, list[Any]]:
+    """Per image: top-1/top-5 match and both predictions; empty for a backbone without a classifier."""
+    from featinv.evaluation import metrics
+
+    if logits_orig is None or logits_rec is None:
+        return {}
+    lo, lr = logits_orig.cpu(), logits_rec.cpu()
+    return {"top1": [bool(v) for v in metrics.topk_match(lo, lr, 1)],
+            "top5": [bool(v) for v in metrics.topk_match(lo, lr, 5)],
+            "pred_original": [int(v) for v in lo.argmax(-1)], "pred_reconstruction": [int(v) for v in lr.argmax(-1)]}
 
 
 def _pixel_checks(pils: list[Image.Image], rec_images: torch.Tensor) -> dict[str, list[Any]]:
@@ -536,7 +549,8 @@ def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str,
 
     n = len(rows)
     mean, low, high = mean_ci95([r["cosine"] for r in rows])
-    hits = {k: sum(r[k] for r in rows) for k in ("top5", "top1")}
+    classified = all("top1" in r for r in rows)  # an encoder without a classifier has no top-k rows
+    hits = {k: sum(r[k] for r in rows) for k in ("top5", "top1")} if classified else {}
     summary: dict[str, Any] = {
         "model": label,
         **settings,
@@ -545,13 +559,14 @@ def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str,
         "n_images": n,
         "classes": len({r["class"] for r in rows}),
         "cosine_sim": {"mean": _finite(mean), "ci95": [_finite(low), _finite(high)], "note": PER_IMAGE_NOTE},
-        "top5": hits["top5"] / n if n else None,
-        "top1": hits["top1"] / n if n else None,
+        **{k: hits[k] / n if n else None for k in hits},
         **{f"{k}_ci95": [_finite(v) for v in rate_ci95(hits[k], n)] for k in hits},  # Wilson score interval
     }
     pooled = all_positions_summary(rows)
     if pooled is not None:
         summary["cosine_sim_all_positions"] = pooled
+    if not classified:
+        summary["topk_note"] = NO_CLASSIFIER_NOTE
     checks = summarise_pixel_checks(rows)
     if checks:
         summary["pixel_checks"] = checks

@@ -49,16 +49,19 @@ def collect_sources(data: DataArg, per_class: int | None = None) -> list[SourceI
                 name = path.relative_to(listing.root).as_posix() if path != listing.root else path.name
                 groups.setdefault(label, []).append(SourceImage(name, label, lambda p=path: open_image(p)))
     else:
+        from featinv.data import as_pil, is_image_object
+
         seen: set[str] = set()
         for entry in data:
-            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[1], Image.Image)):
-                raise FeatinvError("data items must be (name, PIL.Image) pairs; pass a folder path or such pairs")
+            if not (isinstance(entry, tuple) and len(entry) == 2 and is_image_object(entry[1])):
+                raise FeatinvError("data items must be (name, image) pairs (PIL or numpy); pass a folder path or "
+                                   "such pairs")
             name, img = str(entry[0]), entry[1]
             if name in seen:
                 raise FeatinvError(f"image name {name!r} occurs twice; give every in-memory image a unique name")
             seen.add(name)
             label = name.split("/")[0] if "/" in name else "images"
-            rgb = img.convert("RGB")
+            rgb = as_pil(img)
             groups.setdefault(label, []).append(SourceImage(name, label, lambda im=rgb: im))
         if not groups:
             raise FeatinvError("no images given; pass a non-empty folder or list of (name, image) pairs")

@@ -45,8 +45,9 @@ def _table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
     fid_labels = sorted({s["fid"]["label"] for s in summaries if s.get("fid")}) or ["FID"]
     kid_labels = sorted({s["kid"]["label"] for s in summaries if s.get("kid")})
     pixels = any(s.get("pixel_checks") for s in summaries)
+    topk = any("top5" in s for s in summaries) or not summaries  # encoders without a classifier: no column
     pooled = any(s.get("cosine_sim_all_positions") for s in summaries)
-    header = ["Model", "cosine-sim", "top5(1) match", *fid_labels, *kid_labels,
+    header = ["Model", "cosine-sim", *(["top5(1) match"] if topk else []), *fid_labels, *kid_labels,
               *(["cosine-sim (all positions)"] if pooled else []),
               *(["pixel MSE", "SSIM", "high-freq ratio"] if pixels else []), "n"]
     labels = [s.get("model", "?") for s in summaries]
@@ -55,7 +56,9 @@ def _table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
                   if isinstance(s.get("guidance_scale"), (int, float)) else lab for lab, s in zip(labels, summaries, strict=True)]
     rows = []
     for s, model_label in zip(summaries, labels, strict=True):
-        cells = [model_label, _fmt_cos(s.get("cosine_sim", {})), f"{_fmt_pct(s.get('top5'))} ({_fmt_pct(s.get('top1'))})"]
+        cells = [model_label, _fmt_cos(s.get("cosine_sim", {}))]
+        if topk:
+            cells.append(f"{_fmt_pct(s.get('top5'))} ({_fmt_pct(s.get('top1'))})")
         for lab in fid_labels:
             value = (s.get("fid") or {}).get("value") if (s.get("fid") or {}).get("label") == lab else None
             cells.append("n/a" if value is None else f"{value:.2f}")

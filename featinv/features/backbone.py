@@ -12,7 +12,6 @@ number of prefix tokens -- :func:`to_nchw` turns it into ``[B, C, h, w]`` in row
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -21,12 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featinv.errors import FeatinvError, closest
+from featinv.features.info import IMAGENET_MEAN, IMAGENET_STD, FeatureInfo, LayerInfo, Preprocessing
 from featinv.features.layout import (
     Layout,
     ModelKnowledge,
     NoSpatialGrid,
     capture,
     grid_stride,
+    module_knowledge,
     pool_features,
     record_all,
     resolve_layout,
@@ -35,6 +36,8 @@ from featinv.features.layout import (
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "Backbone",
     "FeatureInfo",
     "LayerInfo",
@@ -49,50 +52,6 @@ __all__ = [
     "to_nchw",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class FeatureInfo:
-    """What a backbone's chosen layer produces at the backbone's input size."""
-
-    spec: str
-    layer: str
-    channels: int
-    grid: tuple[int, int]
-    stride: int
-    input_size: tuple[int, int]
-    num_classes: int
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One hookable module: its output as NCHW ``shape`` (C, h, w) and stride, or why it has no grid."""
-
-    path: str
-    type: str
-    shape: tuple[int, int, int] | None
-    stride: int | None
-    layout: str  # "NCHW", "NHWC", "tokens+K" (K prefix tokens) or the reason there is no grid
-    is_default: bool = False
-
-    @property
-    def spatial(self) -> bool:
-        """Whether the layer has a spatial grid (and can be used as a feature layer)."""
-        return self.shape is not None
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The model's own input config: size (H, W), mean/std and resize interpolation."""
-
-    input_size: tuple[int, int]
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"  # "bilinear" | "bicubic" | "nearest"
-
-
 # ----------------------------------------------------------------------------------------- backbone
 
 _LAYOUT_ONLY = {"Identity", "Permute", "Flatten", "Dropout", "DropPath", "StochasticDepth"}
@@ -106,6 +65,7 @@ class Backbone:
                  weights: str = "pretrained") -> None:
         self.spec = spec
         self.weights = weights  # what was loaded, so a saved run can rebuild the same backbone
+        self.overrides: dict[str, Any] = {}  # mean/std the user gave instead of the model's own
         self.model = model.eval().requires_grad_(False)
         self.preprocessing = preprocessing
         self.knowledge = knowledge or ModelKnowledge()
@@ -117,12 +77,44 @@ class Backbone:
         self.layer = self._check_layer(layer) if layer is not None else self.default_layer
         self.info = self._probe_info()
 
+    @classmethod
+    def from_module(cls, module: nn.Module, layer: str | None = None, *, input_size: Any = None, mean: Any = None,
+                    std: Any = None, interpolation: str = "bilinear", patch_size: Any = None, prefix_tokens: int = 0,
+                    channels_last: bool = False, classifier: bool = True, spec: str | None = None,
+                    weights: str = "none", device: str | torch.device = "cpu") -> Backbone:
+        """Wrap a user's ``nn.Module`` (frozen, eval mode) cut at ``layer`` (None: the input of its last global pooling).
+
+        ``input_size`` (default 224), ``mean``/``std`` (default ImageNet) and ``interpolation`` are its
+        preprocessing; ``patch_size`` and ``prefix_tokens`` describe token outputs ``[B, N, C]`` (a ViT with a
+        class token: ``patch_size=16, prefix_tokens=1``); ``channels_last`` marks NHWC 4-D outputs;
+        ``classifier=False`` says a 2-D output is an embedding, not class logits.
+        """
+        from featinv.validation import check_choice, check_image_size, check_normalisation
+
+        if not isinstance(module, nn.Module):
+            raise FeatinvError(f"expected a torch.nn.Module to wrap, got {type(module).__name__}")
+        check_choice(interpolation, "interpolation", ("bilinear", "bicubic", "nearest"))
+        norm = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, **check_normalisation(mean, std)}
+        prep = Preprocessing(check_image_size(input_size if input_size is not None else 224, "input_size"),
+                             interpolation=interpolation, **norm)
+        knowledge = module_knowledge(patch_size, prefix_tokens, channels_last, classifier)
+        name = spec or f"module:{type(module).__module__}.{type(module).__qualname__}"
+        return cls(name, module, layer, prep, knowledge, device=device, weights=weights)
+
     @property
     def default_layer(self) -> str:
         """The last spatial map before global pooling (found by one probe forward, on first use)."""
         if self._default_layer is None:
-            self._default_layer = self._find_default_layer()
+            self._default_layer = self.knowledge.default_layer or self._find_default_layer()
         return self._default_layer
+
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the model ends in a classifier (an encoder such as DINOv2 or a CLIP tower does not)."""
+        return self.info.num_classes > 0
+
+    def _run(self, x: Tensor) -> Any:
+        return self.knowledge.run(self.model, x)
 
     # -- construction helpers
     def _dummy(self) -> Tensor:
@@ -144,7 +136,7 @@ class Backbone:
             if self.knowledge.pre_pool is not None:
                 target = self.knowledge.pre_pool(self.model, x)
             else:
-                self.model(x)
+                self._run(x)
                 target = None
         if target is None:  # fall back: last top-level module with a spatial output
             for path, _, output in reversed(calls):
@@ -176,7 +168,7 @@ class Backbone:
         return path
 
     def _layout_or_none(self, path: str, output: Any) -> Layout | None:
-        shape = tensor_shape(output)
+        shape = tensor_shape(self.knowledge.layer_output(output))
         if shape is None:
             return None
         try:
@@ -187,13 +179,13 @@ class Backbone:
     def _probe_info(self) -> FeatureInfo:
         x = self._dummy()
         with torch.no_grad(), capture(self._modules[self.layer]) as store:
-            logits = self.model(x)
+            logits = self.knowledge.logits(self._run(x))
         self._stop_early = store.get("calls", 0) == 1  # a module called twice must see the whole pass
         fmap = self._to_nchw(store, x)
         h, w = self.preprocessing.input_size
         return FeatureInfo(spec=self.spec, layer=self.layer, channels=int(fmap.shape[1]),
                            grid=(int(fmap.shape[2]), int(fmap.shape[3])), stride=grid_stride(h, fmap.shape[2]),
-                           input_size=(h, w), num_classes=int(logits.shape[-1]))
+                           input_size=(h, w), num_classes=int(logits.shape[-1]) if logits is not None else 0)
 
     # -- public API
     def __repr__(self) -> str:
@@ -233,32 +225,33 @@ class Backbone:
         return (x - mean) / std
 
     def preprocess(self, images: Any) -> Tensor:
-        """PIL image(s) or a [B,3,H,W]/[3,H,W] tensor in [0,1] -> normalised [B,3,H,W] at the input size.
+        """Image(s) of any kind -> normalised [B,3,H,W] at the input size.
 
-        The largest central crop with the input's aspect ratio is kept (the whole short side), then
-        resized with the model's interpolation -- the same resize :meth:`normalize` applies.
+        Takes a [B,3,H,W]/[3,H,W] tensor in [0,1] (or integers in 0..255), PIL images, numpy arrays
+        (H×W×C uint8 or floats in [0,1], grayscale, RGBA; a [B,H,W,C] array is a batch), file paths, or a
+        list mixing these (converted by :func:`featinv.data.image_to_tensor01`). The largest central crop
+        with the input's aspect ratio is kept (the whole short side), then resized with the model's
+        interpolation -- the same resize :meth:`normalize` applies.
         """
-        from PIL import Image
+        import numpy as np
 
-        from featinv.data import to_tensor01
+        from featinv.data import image_to_tensor01
 
-        if isinstance(images, Image.Image):
+        if isinstance(images, Tensor) and images.ndim in (3, 4):
+            if images.is_floating_point() and images.numel() and float(images.max()) > 1.5:
+                raise FeatinvError("tensor images must be floats in [0, 1] (got values above 1); divide by 255 first")
+            if not images.is_floating_point():
+                images = images.float() / 255.0
+            if images.ndim == 3:
+                images = images[None]
+            return self.normalize(self._center_crop(images))
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        if not isinstance(images, (list, tuple)):
             images = [images]
-        if isinstance(images, (list, tuple)):
-            if not images:
-                raise FeatinvError("no images given to preprocess; pass at least one image")
-            if not all(isinstance(img, Image.Image) for img in images):
-                raise FeatinvError("preprocess takes PIL images or one [B,3,H,W] tensor in [0,1]; got a mixed list")
-            return torch.cat([self.normalize(self._center_crop(to_tensor01(img)[None])) for img in images])
-        if not isinstance(images, Tensor):
-            raise FeatinvError(f"preprocess takes PIL images or a tensor, not {type(images).__name__}")
-        if images.is_floating_point() and images.numel() and float(images.max()) > 1.5:
-            raise FeatinvError("tensor images must be floats in [0, 1] (got values above 1); divide by 255 first")
-        if not images.is_floating_point():
-            images = images.float() / 255.0
-        if images.ndim == 3:
-            images = images[None]
-        return self.normalize(self._center_crop(images))
+        if not images:
+            raise FeatinvError("no images given to preprocess; pass at least one image")
+        return torch.cat([self.normalize(self._center_crop(image_to_tensor01(img)[None])) for img in images])
 
     def _center_crop(self, x: Tensor) -> Tensor:
         """The largest centred crop with the model's input aspect ratio (resizing is the model's job)."""
@@ -272,7 +265,7 @@ class Backbone:
         if "output" not in store:
             raise FeatinvError(f"layer {self.layer!r} of {self.spec} does not run in the forward pass; "
                                f"pick another, see `featinv layers {self.spec}`")
-        output = store["output"]
+        output = self.knowledge.layer_output(store["output"])
         shape = tensor_shape(output)
         if shape is None:
             raise NoSpatialGrid(f"layer {self.layer!r} of {self.spec} returns {type(output).__name__}, not a tensor; "
@@ -290,30 +283,46 @@ class Backbone:
 
     def features(self, x: Tensor, pooled: bool = False) -> Tensor:
         """The layer's feature map [B,C,h,w] for preprocessed ``x``; the rest of the network does not run."""
-        x = x.to(self.device)
+        x = self._model_input(x)
         with capture(self._modules[self.layer], stop=self._stop_early) as store:
-            self.model(x)
+            self._run(x)
         fmap = self._to_nchw(store, x)
         return pool_features(fmap) if pooled else fmap
 
     def logits(self, x: Tensor) -> Tensor:
         """The full classifier's logits [B, num_classes] for preprocessed ``x``."""
-        return self.model(x.to(self.device))
+        self.require_classifier("class logits")
+        return self.knowledge.logits(self._run(self._model_input(x))).float()
 
-    def features_and_logits(self, x: Tensor, pooled: bool = False) -> tuple[Tensor, Tensor]:
-        """Features and logits from one forward pass."""
-        x = x.to(self.device)
+    def require_classifier(self, what: str) -> None:
+        """Refuse, in one line, an operation that needs class logits on a backbone without a classifier."""
+        if not self.has_classifier:
+            raise FeatinvError(f"{self.spec} has no classifier head, so {what} is not available; use a model "
+                               "with one (e.g. a *ForImageClassification) or leave this option out")
+
+    def features_and_logits(self, x: Tensor, pooled: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Features and logits from one forward pass (logits None when the model has no classifier)."""
+        x = self._model_input(x)
         with capture(self._modules[self.layer]) as store:
-            logits = self.model(x)
+            logits = self.knowledge.logits(self._run(x))
         fmap = self._to_nchw(store, x)
-        return (pool_features(fmap) if pooled else fmap), logits
+        return (pool_features(fmap) if pooled else fmap), (logits.float() if logits is not None else None)
+
+    def _model_input(self, x: Tensor) -> Tensor:
+        """``x`` on the model's device, in its weights' precision when they are not fp32 (a trainer may store a
+        frozen backbone in bf16); features and logits always come back as fp32."""
+        x = x.to(self.device)
+        weight = next(self.model.parameters(), None)
+        if weight is not None and weight.dtype != torch.float32 and x.is_floating_point():
+            x = x.to(weight.dtype)
+        return x
 
     def layers(self) -> list[LayerInfo]:
         """Every hookable module path with its NCHW output shape and stride (one probe forward)."""
         x = self._dummy()
         with torch.no_grad(), record_all(self.model) as calls:
-            self.model(x)
-        last = {path: output for path, _, output in calls}  # a module called twice keeps its last output
+            self._run(x)
+        last = {path: self.knowledge.layer_output(output) for path, _, output in calls}  # a module called twice keeps its last output
         h = self.preprocessing.input_size[0]
         infos = []
         for path, module in self._modules.items():
@@ -331,29 +340,49 @@ class Backbone:
         return infos
 
 
-def backbone(spec: str, layer: str | None = None, weights: str = "pretrained", input_size: int | None = None,
-             device: str | torch.device = "cpu") -> Backbone:
-    """Build a backbone from a spec such as ``timm:convnext_base`` or ``torchvision:resnet50``.
+def backbone(spec: str | nn.Module, layer: str | None = None, weights: str = "pretrained",
+             input_size: int | None = None, device: str | torch.device = "cpu", *,
+             mean: Any = None, std: Any = None, **module_options: Any) -> Backbone:
+    """Build a backbone from a spec such as ``timm:convnext_base``, ``hf:/path/to/model`` or
+    ``py:package.module:factory``, or wrap your own ``nn.Module`` given as ``spec``.
 
     ``weights``: "pretrained" (the library's own download/cache), "none" (seeded random init) or a
     local .pth/.pt/.safetensors file. ``layer`` is a module path; None picks the last spatial map.
+    ``mean``/``std`` replace the model's normalisation. For a module, ``module_options`` are
+    :func:`featinv.features.custom.wrap_module`'s (``patch_size``, ``prefix_tokens``, ``classifier``...).
     """
-    from featinv.registry import create_backbone
-
-    if not isinstance(spec, str) or not spec:
-        raise FeatinvError("backbone spec must be a string like timm:convnext_base or torchvision:resnet50")
-    from featinv.validation import check_device
+    from featinv.validation import check_device, check_normalisation
 
     check_device(device)  # before any model is built: a missing GPU is one line, not a driver error
-    return create_backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device)
+    if isinstance(spec, nn.Module):
+        return Backbone.from_module(spec, layer, input_size=input_size, mean=mean, std=std, device=device,
+                                    **module_options)
+    if not isinstance(spec, str) or not spec:
+        raise FeatinvError("backbone spec must be a string like timm:convnext_base or torchvision:resnet50, "
+                           "or a torch.nn.Module")
+    if module_options:
+        raise FeatinvError(f"options {', '.join(sorted(module_options))} only apply to a wrapped nn.Module, "
+                           f"not to the spec {spec}")
+    from featinv.registry import create_backbone
+
+    extra = {"mean": mean, "std": std} if spec.startswith("py:") else {}
+    model = create_backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device, **extra)
+    if mean is not None or std is not None:
+        from dataclasses import replace
+
+        given = check_normalisation(mean, std)
+        model.preprocessing = replace(model.preprocessing, **given)
+        model.overrides = {key: list(value) for key, value in given.items()}  # recorded in a run's config
+    return model
 
 
 def list_layers(spec: str, input_size: int | None = None, weights: str = "none", layer: str | None = None,
-                device: str | torch.device = "cpu") -> tuple[Backbone, list[LayerInfo]]:
+                device: str | torch.device = "cpu", mean: Any = None,
+                std: Any = None) -> tuple[Backbone, list[LayerInfo]]:
     """Every hookable layer of ``spec`` with its NCHW output shape and stride (behind `featinv layers`).
 
     Shapes do not depend on the weights, so random init (no download) is the default. ``layer`` is
     checked (close names suggested) and becomes the backbone's layer.
     """
-    model = backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device)
+    model = backbone(spec, layer=layer, weights=weights, input_size=input_size, device=device, mean=mean, std=std)
     return model, model.layers()

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from featinv.errors import FeatinvError
 
-__all__ = ["Layout", "ModelKnowledge", "NoSpatialGrid", "capture", "pool_features", "record_all", "resolve_layout",
-           "to_nchw"]
+__all__ = ["Layout", "ModelKnowledge", "NoSpatialGrid", "capture", "module_knowledge", "pool_features", "record_all",
+           "resolve_layout", "to_nchw"]
 
 
 @dataclass
@@ -32,6 +32,13 @@ class ModelKnowledge:
     ``preferred_layers``: canonical feature layers (timm's ``feature_info``), used to name the default.
     ``pre_pool(model, x)``: runs the model up to global pooling and returns that tensor (the default
     layer is the module that produced it).
+    ``token_grids(input_hw)``: every grid a token layer may have (Swin-style stages that merge patches);
+    the one whose size matches the token count is used. None: only ``patch_grid``.
+    ``default_layer``: the canonical feature layer, named outright (no probe needed).
+    ``forward(model, x)``: how to call the model (Hugging Face models take ``pixel_values=``).
+    ``logits_of(output)``: the class logits in the model's output, or None when it has no classifier;
+    None here means "a 2-D tensor output is the logits".
+    ``unwrap(output)``: the tensor inside a layer's output (Hugging Face layers return tuples).
     """
 
     prefix_tokens: int = 0
@@ -39,6 +46,59 @@ class ModelKnowledge:
     channels_last: Callable[[str], bool] = field(default=lambda path: False)
     preferred_layers: tuple[str, ...] = ()
     pre_pool: Callable[[nn.Module, Tensor], Tensor] | None = None
+    token_grids: Callable[[tuple[int, int]], Sequence[tuple[int, int]]] | None = None
+    default_layer: str | None = None
+    forward: Callable[[nn.Module, Tensor], Any] | None = None
+    logits_of: Callable[[Any], Tensor | None] | None = None
+    unwrap: Callable[[Any], Any] | None = None
+
+    def run(self, model: nn.Module, x: Tensor) -> Any:
+        """Call ``model`` on preprocessed ``x`` the way its library expects."""
+        return model(x) if self.forward is None else self.forward(model, x)
+
+    def logits(self, output: Any) -> Tensor | None:
+        """The class logits in a forward output, or None (an encoder without a classifier)."""
+        if self.logits_of is not None:
+            return self.logits_of(output)
+        return output if isinstance(output, Tensor) and output.ndim == 2 else None
+
+    def layer_output(self, output: Any) -> Any:
+        """The feature tensor inside a layer's raw hook output (the output itself unless ``unwrap`` says)."""
+        return output if self.unwrap is None else self.unwrap(output)
+
+
+def module_knowledge(patch_size: Any = None, prefix_tokens: int = 0, channels_last: bool = False,
+                     classifier: bool = True) -> ModelKnowledge:
+    """What a user says about a plain ``nn.Module`` (nobody else knows): its patch size and prefix tokens for
+    token outputs, NHWC outputs, and whether a 2-D output is class logits; the default layer is the input
+    of its last global pooling."""
+    from featinv.validation import check_image_size
+
+    patch_grid = None
+    if patch_size is not None:
+        ph, pw = check_image_size(patch_size, "patch_size") if not isinstance(patch_size, int) else (patch_size,) * 2
+
+        def patch_grid(hw: tuple[int, int]) -> tuple[int, int]:
+            return hw[0] // ph, hw[1] // pw
+    if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) or prefix_tokens < 0:
+        raise FeatinvError(f"prefix_tokens must be a non-negative integer, got {prefix_tokens!r}")
+    return ModelKnowledge(prefix_tokens=prefix_tokens, patch_grid=patch_grid,
+                          channels_last=lambda path: bool(channels_last), pre_pool=_global_pool_input,
+                          logits_of=None if classifier else (lambda output: None))
+
+
+def _global_pool_input(model: nn.Module, x: Tensor) -> Tensor | None:
+    """The tensor the model's last adaptive (global) pooling receives (None: the model has none, so the
+    default layer is the last top-level module with a grid)."""
+    pools = [m for m in model.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+    store: dict[str, Tensor] = {}
+    handle = pools[-1].register_forward_pre_hook(lambda _m, inputs: store.__setitem__("x", inputs[0])) if pools else None
+    try:
+        model(x)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return store.get("x")
 
 
 @dataclass(frozen=True)
@@ -105,6 +165,8 @@ def resolve_layout(shape: Sequence[int], input_hw: tuple[int, int], knowledge: M
                                 "pick a layer with a [B, C, H, W] output, see `featinv layers SPEC`")
         grid = tuple(knowledge.patch_grid(input_hw))
         prefix = knowledge.prefix_tokens
+        if shape[1] != prefix + grid[0] * grid[1] and knowledge.token_grids is not None:
+            grid = next((tuple(g) for g in knowledge.token_grids(input_hw) if shape[1] == prefix + g[0] * g[1]), grid)
         if shape[1] != prefix + grid[0] * grid[1]:
             raise NoSpatialGrid(f"{where} outputs {shape[1]} tokens, not {prefix} prefix + {grid[0]}x{grid[1]} "
                                 "patch tokens; pick a block output, see `featinv layers SPEC`")

@@ -17,6 +17,7 @@ from typing import Any
 from featinv.diffusion.consistency import DEFAULT_MAX_T, FeatureConsistency
 from featinv.errors import FeatinvError
 from featinv.training.data import CROP_SCALE
+from featinv.training.speed import check_speed_options
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -57,6 +58,11 @@ class LoopConfig:
     tracker: str | None = None             # "tensorboard" (through accelerate's trackers)
     device: str | None = None              # None: what accelerate picks (the GPU of this process, else CPU)
     progress: bool = True
+    # GPU speed options (featinv.training.speed): None / "auto" = on for CUDA, no-op on a CPU
+    channels_last: bool | None = None      # NHWC weights + activations for every network in the step
+    optimizer_impl: str = "auto"           # AdamW kernel: auto (fused on CUDA) | fused | foreach | loop
+    compile: bool = False                  # torch.compile the denoiser step and the backbone (minutes of warm-up)
+    compile_mode: str | None = None        # torch.compile mode; reduce-overhead = CUDA graphs (small batches)
 
     def check(self) -> None:
         """Refuse bad numbers before any model is built."""
@@ -84,6 +90,7 @@ class LoopConfig:
             raise FeatinvError(f"num-workers must be >= 0, got {self.num_workers}")
         if self.data is None:
             raise FeatinvError("no training data; pass --data DIR (a folder of images)")
+        check_speed_options(self)
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON (in-memory data is described, not stored)."""
@@ -130,6 +137,10 @@ class TrainConfig(LoopConfig):
     consistency_weight: float = 0.0
     consistency_max_t: int = DEFAULT_MAX_T
     consistency_fraction: float = 1.0
+    # the frozen UNet/VAE/backbone's weight precision: auto = the --mixed-precision dtype on CUDA, else fp32
+    frozen_precision: str = "auto"
+    cache_latents: bool = False            # with cache_features: also VAE-encode the fixed crops once
+
     preset: str | None = None              # the featinv.presets name the settings came from (recorded in the run)
 
     @classmethod
@@ -141,6 +152,8 @@ class TrainConfig(LoopConfig):
 
     def check(self) -> None:
         super().check()
+        if self.cache_latents and not self.cache_features:
+            raise FeatinvError("--cache-latents needs --cache-features (it encodes the cache's fixed crops once)")
         if self.features_from not in FEATURES_FROM:
             raise FeatinvError(f"features-from {self.features_from!r} unknown; use one of {', '.join(FEATURES_FROM)}")
         check_encoder_options(self.encoder, self.encoder_kwargs)

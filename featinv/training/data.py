@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from featinv.data import center_crop_box, find_images, try_open_image
+from featinv.data import as_pil, center_crop_box, find_images, is_image_object, try_open_image
 from featinv.errors import FeatinvError
 
 CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults (the paper names only the transform)
@@ -70,7 +70,7 @@ def load_training_images(
     max_samples: int | None = None,
     seed: int = 0,
 ) -> TrainingImages:
-    """Collect training images from a folder (recursive) or a list of PIL images.
+    """Collect training images from a folder (recursive) or a list of PIL images or numpy arrays.
 
     Non-image files and files whose header PIL cannot read are skipped and counted; an empty source is
     refused. ``max_samples`` takes a seeded random subset (so an ImageNet-layout folder keeps all
@@ -106,10 +106,11 @@ def load_training_images(
         images = TrainingImages(good, non_images=len(listing.skipped), unreadable=bad, root=Path(data))
     else:
         items = list(data)
-        bad_items = [type(item).__name__ for item in items if not isinstance(item, Image.Image)]
+        bad_items = [type(item).__name__ for item in items if not is_image_object(item)]
         if bad_items:
-            raise FeatinvError(f"training data must be a folder or PIL images, got {bad_items[0]}; pass a folder path")
-        images = TrainingImages([item.convert("RGB") for item in items])
+            raise FeatinvError(f"training data must be a folder, PIL images or numpy arrays, got {bad_items[0]}; "
+                               "pass a folder path")
+        images = TrainingImages([as_pil(item) for item in items])
     if max_samples is not None:
         images = TrainingImages(images.items[:max_samples], images.non_images, images.unreadable, images.root)
     if not images.items:

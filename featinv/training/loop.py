@@ -15,7 +15,8 @@ result; the settings are in :mod:`featinv.training.config`. The loop adds everyt
 
 :func:`run_training` reads as its steps: set up (and resume), the data loader, then per step one
 optimisation step, logging, validation and checkpoints, and finally finishing or stopping cleanly.
-(Just over 400 lines: the loop and the small pieces only it uses — stop request, accelerator, lr lambda.)
+(Just over 400 lines: the loop and the small pieces only it uses — stop request, accelerator, lr lambda;
+the run's files live in :mod:`featinv.training.run`, the speed settings in :mod:`featinv.training.speed`.)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from featinv.training.run import (
     TrainingRun,
     truncate_metrics,
 )
+from featinv.training.speed import SpeedSettings, make_optimizer, resolve_speed
 from featinv.training.tasks import FeatInvTask, PixelBaseTask, Task
 
 StepCallback = Callable[[int, float], None]
@@ -117,17 +119,20 @@ def _set_up(config: LoopConfig, make_task: Callable[[Any], Task]) -> tuple[Train
     schedule = Schedule(n=len(task.dataset()), batch_size=config.batch_size,
                         world_size=accelerator.num_processes, grad_accum=config.grad_accum)
     total_steps = schedule.total_steps(config.epochs, config.max_steps)
-    fingerprint = _resume_fingerprint(config, task, schedule)
+    speed = resolve_speed(config, accelerator.device)
+    fingerprint = _resume_fingerprint(config, task, schedule, speed)
     named = task.named_trainable()
     if config.gradient_checkpointing:
         task.enable_gradient_checkpointing()
+    task.speed_up(speed)
 
-    optimizer = torch.optim.AdamW([p for _, p in named], lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer([p for _, p in named], config, speed)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))
     loss_module, optimizer = accelerator.prepare(_LossModule(task), optimizer)
     run = TrainingRun(config=config, out=out, accelerator=accelerator, task=task, schedule=schedule,
                       total_steps=total_steps, fingerprint=fingerprint, named=named, optimizer=optimizer,
-                      scheduler=scheduler, loss_module=loss_module)
+                      scheduler=scheduler, loss_module=loss_module, speed=speed)
+    run.timings.update(getattr(task, "timings", {}))
     return run, existing
 
 
@@ -143,6 +148,8 @@ def _resume_or_start(run: TrainingRun, existing: Path | None) -> None:
     schedule = run.schedule
     run.say(f"training {run.task.summary()}; {run.total_steps} steps of {schedule.samples_per_step} samples "
             f"({schedule.steps_per_epoch} steps/epoch) on {run.accelerator.num_processes} x {run.device}")
+    if run.speed != SpeedSettings():
+        run.say("speed settings: " + ", ".join(f"{k} {v}" for k, v in run.speed.describe().items()))
     if run.is_main:
         write_json(run.out / CONFIG_FILE, config.to_json())
     if config.tracker and run.is_main:
@@ -179,8 +186,9 @@ def _data_loader(run: TrainingRun) -> torch.utils.data.DataLoader:
                              total_steps=run.total_steps)
     dataset = run.task.dataset()
     workers = 0 if isinstance(dataset, TensorSamples) else config.num_workers
+    # pinned host memory makes the copies to the GPU asynchronous; persistent workers survive a re-iteration
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                                       pin_memory=run.device.type == "cuda", persistent_workers=False)
+                                       pin_memory=run.device.type == "cuda", persistent_workers=workers > 0)
 
 
 # ------------------------------------------------------------------------------------------ the steps
@@ -197,6 +205,8 @@ def _train_steps(run: TrainingRun, batches: Iterator[Any], on_step: StepCallback
         progress_task = bar.add_task("training", total=run.total_steps, completed=run.step, loss="-", speed="-")
         while run.step < run.total_steps:
             loss_value, flags = _optimisation_step(run, batches, stop, window)
+            if run.speed.compile and "compile_warmup_s" not in run.timings:
+                window.exclude_warm_up(run)
             if run.step % run.config.log_every == 0 or run.step == run.total_steps:
                 window.write(run, bar, progress_task)
             if show:
@@ -278,7 +288,7 @@ def _complete(run: TrainingRun) -> Path:
     if run.is_main:
         run.task.save(run.out)
         run.validate(run.step)
-    run.write_state("complete", run.step, {"checkpoint": str(latest_checkpoint(run.ckpt_root))})
+    run.write_state("complete", run.step, {"checkpoint": str(latest_checkpoint(run.ckpt_root)), **run.timings})
     if run.is_main and isinstance(run.config, TrainConfig):  # a FeatInv run folder can be shared as it is
         from featinv.report.card import write_model_card
 
@@ -400,8 +410,12 @@ def _lr_lambda(config: LoopConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _resume_fingerprint(config: LoopConfig, task: Task, schedule: Schedule) -> dict[str, Any]:
-    """Settings that fix the data order and the model; a resumed run must match them."""
+def _resume_fingerprint(config: LoopConfig, task: Task, schedule: Schedule, speed: SpeedSettings) -> dict[str, Any]:
+    """Settings that fix the data order and the model; a resumed run must match them. Of the speed settings
+    only the frozen networks' precision changes what is computed (layout, kernels and compilation do not, so a
+    run may resume on another machine without them); it is left out at fp32 so older runs still resume."""
+    frozen = speed.describe()["frozen_precision"]
     return {"kind": task.kind, "seed": config.seed, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
-            "world_size": schedule.world_size, "n_samples": schedule.n, **task.describe()}
+            "world_size": schedule.world_size, "n_samples": schedule.n, **task.describe(),
+            **({"frozen_precision": frozen} if frozen != "fp32" else {})}
 

@@ -24,6 +24,7 @@ from featinv.io import atomic_path, write_json, write_text
 from featinv.training.checkpoint import capture_rng, parameter_state, save_checkpoint
 from featinv.training.config import LoopConfig
 from featinv.training.data import Schedule
+from featinv.training.speed import SpeedSettings
 from featinv.training.tasks import Task
 
 CHECKPOINT_DIR = "checkpoints"
@@ -51,6 +52,8 @@ class TrainingRun:
     step: int = 0
     last_saved: int = -1                   # the step of the newest checkpoint (-1: none yet)
     updating: bool = False                 # inside the optimizer update: an interrupt here half-updates weights
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
+    timings: dict[str, float] = field(default_factory=dict)  # one-off seconds: cache build, compile warm-up
     params: list[torch.nn.Parameter] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,18 +128,28 @@ class MetricsWindow:
     losses: list[float] = field(default_factory=list)
     samples: int = 0
     start: float = field(default_factory=time.perf_counter)
+    extra: dict[str, Any] = field(default_factory=dict)  # one-off figures for the next line (compile warm-up)
 
     def write(self, run: TrainingRun, bar: Any, progress_task: Any) -> None:
         """Append the metrics line for ``run.step``, show it on the bar and start a new window."""
         speed = self.samples / max(1e-9, time.perf_counter() - self.start)
         record = {"step": run.step, "epoch": round(run.step / run.schedule.steps_per_epoch, 4),
                   "loss": sum(self.losses) / len(self.losses), "lr": run.scheduler.get_last_lr()[0],
-                  "samples_per_s": round(speed, 3), "time": time.time()}
+                  "samples_per_s": round(speed, 3), "time": time.time(), **self.extra}
         if run.device.type == "cuda":
             record["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**30, 3)
         run.log(record)
         bar.update(progress_task, loss=f"{record['loss']:.4f}", speed=f"{speed:.1f}")
-        self.losses, self.samples, self.start = [], 0, time.perf_counter()
+        self.losses, self.samples, self.start, self.extra = [], 0, time.perf_counter(), {}
+
+
+    def exclude_warm_up(self, run: TrainingRun) -> None:
+        """After the first step of a compiled run: that step compiled the networks (minutes), so its time is
+        reported on its own (log line, ``train_state.json``, this window's metrics line), not in samples/s."""
+        seconds = round(time.perf_counter() - self.start, 3)
+        run.timings["compile_warmup_s"] = self.extra["compile_warmup_s"] = seconds
+        self.samples, self.start = 0, time.perf_counter()
+        run.say(f"compile warm-up (first step): {seconds:.1f} s, not counted in samples/s")
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -9,6 +9,7 @@ pixel-space base from scratch (``featinv base train``). A new kind of model is o
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.training.config import BaseTrainConfig, TrainConfig, check_encoder_options
 from featinv.training.data import AugmentedCrops, TensorSamples, load_training_images, mix_seed
+from featinv.training.speed import SpeedSettings, compile_modules, to_channels_last
 
 
 class Task(Protocol):
@@ -43,6 +45,9 @@ class Task(Protocol):
 
     def enable_gradient_checkpointing(self) -> None:
         """Trade compute for memory in every module the gradient passes through."""
+
+    def speed_up(self, speed: SpeedSettings) -> None:
+        """Apply the run's GPU speed settings (layout, frozen precision, compilation) to the networks."""
 
     def validation_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(reference row, generated row), both [n,3,R,R] in [0,1]."""
@@ -86,6 +91,7 @@ class FeatInvTask(Task):
         self._params = [(f"p{i:05d}", p) for i, p in enumerate(self.model.trainable_parameters())]
         self._names = self._parameter_names()
         self._cache: TensorSamples | None = None
+        self.timings: dict[str, float] = {}  # seconds of one-off work (the cache build), for train_state.json
         if config.cache_features:
             self._cache = self._build_cache(is_main, wait)
 
@@ -106,7 +112,8 @@ class FeatInvTask(Task):
         info = self.model.backbone.info
         return {"backbone": info.spec, "layer": info.layer, "pooled": self.config.pooled,
                 "base": self.model.base.spec, "n": len(self.dataset()), **self._non_default_view(),
-                **self._non_default_encoder(), **self._active_consistency()}
+                **self._non_default_encoder(), **self._active_consistency(),
+                **({"cache_latents": True} if self.config.cache_latents else {})}
 
     def _active_consistency(self) -> dict[str, Any]:
         """The consistency-loss settings for resume checks, all three when the term is on and none when it is
@@ -154,7 +161,7 @@ class FeatInvTask(Task):
                    "input": list(info.input_size), "pooled": c.pooled, "target": self.sizes["target"],
                    "views": c.cache_views, "seed": c.seed, "scale": list(c.crop_scale),
                    "items": [str(i) if isinstance(i, Path) else f"img{k}:{i.size}" for k, i in enumerate(self.images.items)],
-                   **self._non_default_view()}
+                   **self._non_default_view(), **({"latents": True} if c.cache_latents else {})}
         import hashlib
 
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
@@ -166,19 +173,24 @@ class FeatInvTask(Task):
 
         c = self.config
         path = Path(c.out) / f"feature_cache-{self._cache_key()}.safetensors"
+        start = time.perf_counter()
         if is_main and not path.is_file():
             views = max(1, int(c.cache_views))
             centre, augmented = self._crops(augment=False), self._crops(augment=True)
             keys = [(i, v) for v in range(views) for i in range(len(self.images))]
-            feats, targets = [], []
+            cached: dict[str, list[torch.Tensor]] = {"features": [], "target": [], "moments": []}
             batch = max(1, c.batch_size * 4)
             chunks = [keys[s:s + batch] for s in range(0, len(keys), batch)]
             for chunk in progress(chunks, description="caching features", enabled=c.progress):
                 items = [(centre if v == 0 else augmented)[(i, mix_seed(c.seed, 7919, v, i))] for i, v in chunk]
                 crops = torch.stack([it[self.view] for it in items])
-                feats.append(self.features(_to_float01(crops, self.device)).cpu())
-                targets.append(torch.stack([it["target"] for it in items]))
-            save_safetensors({"features": torch.cat(feats), "target": torch.cat(targets)}, path)
+                cached["features"].append(self.features(_to_float01(crops, self.device)).cpu())
+                cached["target"].append(torch.stack([it["target"] for it in items]))
+                if c.cache_latents:  # the VAE encoder's deterministic part, once per fixed crop
+                    target = _to_float01(cached["target"][-1], self.device)
+                    cached["moments"].append(self.model.base.encode_moments(target).float().cpu())
+            save_safetensors({name: torch.cat(parts) for name, parts in cached.items() if parts}, path)
+            self.timings["cache_build_s"] = round(time.perf_counter() - start, 3)
         wait()
         return TensorSamples(load_safetensors(path))
 
@@ -187,16 +199,32 @@ class FeatInvTask(Task):
 
     def inputs(self, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         target = _to_float01(batch["target"], device)
+        moments = {"moments": batch["moments"].to(device, non_blocking=True)} if "moments" in batch else {}
         if "features" in batch:
-            return {"features": batch["features"].to(device, non_blocking=True).float(), "target": target}
+            return {"features": batch["features"].to(device, non_blocking=True).float(), "target": target, **moments}
         return {"features": self.features(_to_float01(batch[self.view], device)), "target": target}
 
     def loss(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.model.training_loss(inputs["features"], inputs["target"], drop, generator=generator,
-                                        consistency=self.consistency)
+                                        consistency=self.consistency, moments=inputs.get("moments"))
 
     def train_mode(self, training: bool) -> None:
         self.model.controlnet.train(training)
+
+    def speed_up(self, speed: SpeedSettings) -> None:
+        """Frozen UNet/VAE/backbone in the training precision (no per-step weight casts; the ControlNet keeps
+        fp32 master weights), NHWC layout everywhere, and the denoiser + backbone compiled."""
+        model = self.model
+        frozen = [*model.base.modules(), model.backbone.model]
+        if speed.frozen_dtype != torch.float32:
+            for module in frozen:
+                module.to(speed.frozen_dtype)
+        if speed.channels_last:
+            to_channels_last([*frozen, model.controlnet])
+        if speed.compile:
+            compile_modules([model.base.unet, model.controlnet, model.backbone.model], speed.compile_mode)
+        model.optimizations = {"channels_last": speed.channels_last, "compile": speed.compile,
+                               "compile_mode": speed.compile_mode}
 
     def enable_gradient_checkpointing(self) -> None:
         self.model.controlnet.enable_gradient_checkpointing()
@@ -284,6 +312,13 @@ class PixelBaseTask(Task):
 
     def enable_gradient_checkpointing(self) -> None:
         self.base.unet.enable_gradient_checkpointing()
+
+    def speed_up(self, speed: SpeedSettings) -> None:
+        """NHWC layout and compilation of the UNet (all of it trains: there is no frozen network here)."""
+        if speed.channels_last:
+            to_channels_last([self.base.unet])
+        if speed.compile:
+            compile_modules([self.base.unet], speed.compile_mode)
 
     @torch.no_grad()
     def validation_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
