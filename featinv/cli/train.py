@@ -104,6 +104,25 @@ def train_settings(values: dict[str, Any]) -> dict[str, Any]:
                 **({"consistency_max_t": max_t} if max_t is not None else {}))
 
 
+def resolved_config(ctx: typer.Context, values: dict[str, Any]) -> Any:
+    """The TrainConfig the options describe: the preset's values where no option was given, then the backbone
+    built with --mean/--std when they are (a built backbone carries them into the run's config)."""
+    from featinv.training.config import TrainConfig
+
+    settings = train_settings(values)
+    if values["preset"] is not None:
+        from featinv.presets import get
+
+        settings = apply_preset(settings, get(values["preset"]).train_settings(), given_options(ctx), _OPTION_OF_FIELD)
+    if values["mean"] is not None or values["std"] is not None:
+        from featinv.features.backbone import backbone as make_backbone
+
+        settings["backbone"] = make_backbone(settings["backbone"], layer=settings["layer"],
+                                             weights=settings["backbone_weights"], input_size=settings["input_size"],
+                                             mean=values["mean"], std=values["std"])
+    return TrainConfig(**settings)
+
+
 def train(
     ctx: typer.Context,
     data: DataDir,
@@ -175,21 +194,9 @@ def train(
 
     Example: featinv train --preset paper:convnext --data imagenet/train --out runs/convnext
     """
-    from featinv.training.config import TrainConfig
     from featinv.training.loop import train as run
 
-    values = dict(locals())
-    if mean is not None or std is not None:  # a built backbone carries them into the run's config
-        from featinv.features.backbone import backbone as make_backbone
-
-        values["backbone"] = make_backbone(backbone, layer=layer, weights=weights, input_size=input_size, mean=mean,
-                                           std=std)
-    settings = train_settings(values)
-    if preset is not None:
-        from featinv.presets import get
-
-        settings = apply_preset(settings, get(preset).train_settings(), given_options(ctx), _OPTION_OF_FIELD)
-    config = TrainConfig(**settings)
+    config = resolved_config(ctx, dict(locals()))
     if dry_run:
         print_plan(config)
         return
