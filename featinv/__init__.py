@@ -64,6 +64,7 @@ _LAZY: dict[str, str] = {
     "open_image": "featinv.data",
     "train": "featinv.training.loop",
     "TrainConfig": "featinv.training.config",
+    "Preset": "featinv.presets",
     "train_base": "featinv.training.loop",
     "BaseTrainConfig": "featinv.training.config",
     "steer_concepts": "featinv.analyses.steering",
@@ -78,10 +79,16 @@ _LAZY: dict[str, str] = {
     "DemoResult": "featinv.apps.demo",
 }
 
-__all__ = ["__version__", "hookimpl", "hookspec", *_LAZY]
+__all__ = ["__version__", "hookimpl", "hookspec", *_LAZY, "presets"]
+
+
+#: submodules reachable as attributes without importing them first (``featinv.presets.get("paper:resnet50")``)
+_SUBMODULES = ("presets",)
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"featinv.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'featinv' has no attribute {name!r}")

@@ -94,5 +94,13 @@ def register_analyses(register: Register) -> None:
 
 
 @hookspec
+def register_presets(register: Callable[[Any], None]) -> None:
+    """Register named setups: call ``register(featinv.presets.Preset(name=..., ...))`` once per preset.
+
+    They appear in ``featinv presets`` and work as ``--preset NAME`` exactly like the built-in ``paper:*``.
+    """
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add CLI commands to ``app``, the root ``typer.Typer``; if this raises, the plugin package is disabled."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy.linalg import subspace_angles
@@ -217,3 +218,27 @@ def test_fit_concepts_on_folder_and_show(tmp_path, lite0, photos):
         fit_concepts(lite0, data=folder, n_concepts=2, target_class=3, progress=False)
     with pytest.raises(FeatinvError, match="no images found"):
         fit_concepts(lite0, data=tmp_path / "c", n_concepts=2, progress=False)
+
+
+def test_mcd_reference_matches_a_rederivation_on_planted_subspaces():
+    """mcd-reference: per-cluster centred PCA with the lPCA (Fukunaga-Olsen, alpha 0.05) dimension, tau 1, 25%
+    outliers with a refit; re-derived here with numpy on the clusters it found."""
+    from featinv.plugins.decomposers.mcd import intrinsic_dimension
+
+    x, planted = planted_subspaces()
+    ref = create_decomposer("mcd-reference", n_concepts=3).fit(x)
+    assert (ref.tau, ref.outlier_fraction, ref.refit, ref.basis) == (1.0, 0.25, True, "pca")
+    assert sorted(ref.dims) == [2, 3, 4]
+    unit = (x / x.norm(dim=1, keepdim=True)).numpy()
+    labels = ref.assign(torch.from_numpy(unit)).numpy()
+    for index, found in enumerate(ref.bases):
+        members = unit[labels == index]
+        centred = members - members.mean(0)
+        variances = np.linalg.svd(centred, compute_uv=False) ** 2
+        dim = int((variances > 0.05 * variances[0]).sum())
+        assert dim == found.shape[0] == intrinsic_dimension(torch.from_numpy(members))
+        expected = np.linalg.svd(centred, full_matrices=False)[2][:dim]  # sklearn PCA().components_[:dim]
+        assert math.degrees(subspace_angles(found.T.numpy(), expected.T).max()) < 1.0
+        assert min(math.degrees(subspace_angles(found.T.numpy(), b.T.numpy()).max()) for b in planted) < 5.0
+    loaded = create_decomposer("mcd-reference", n_concepts=3).options()
+    assert loaded["basis"] == "pca" and loaded["refit"] is True

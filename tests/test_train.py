@@ -226,6 +226,8 @@ def test_train_cli_with_cached_features(assets, tmp_path):
     assert _cli(args) == 0
     assert list(out.glob("feature_cache-*.safetensors"))
     assert FeatInv.from_pretrained(out).config["backbone"]["spec"] == TINY_BACKBONE
+    card = (out / "README.md").read_text()  # the model card: shareable as it is
+    assert "library_name: featinv" in card and TINY_BACKBONE in card and "Not evaluated yet" in card
     assert _cli([*args[:-1], "--mixed-precision", "fp8"]) == 2
 
 

@@ -206,7 +206,8 @@ class SamplingOptions:
     :func:`seeds_for`); ``steps``: denoising steps; ``guidance_scale``: classifier-free guidance (None: the
     run's default); ``scheduler``: ``ddim``, ``dpm++`` or ``unipc``; ``batch_size``: samples per batch (does
     not change the images); ``bf16``: sample in bfloat16 (GPU); ``feature_guidance``: a strength or a
-    :class:`~featinv.diffusion.guidance.FeatureGuidance` (0 = the paper's sampler, see docs/guidance.md).
+    :class:`~featinv.diffusion.guidance.FeatureGuidance` (0 = the paper's sampler, see docs/guidance.md);
+    ``control_strength`` and ``guess_mode``: the authors' sampler controls (1.0 and off = the paper's sampler).
     """
 
     seed: int = 0
@@ -216,10 +217,14 @@ class SamplingOptions:
     batch_size: int = 16
     bf16: bool = False
     feature_guidance: Any = 0.0
+    control_strength: float = 1.0
+    guess_mode: bool = False
 
     def __post_init__(self) -> None:
+        from featinv.diffusion.controlnet import ControlScales
         from featinv.diffusion.guidance import FeatureGuidance
 
+        ControlScales(self.control_strength, self.guess_mode)  # a bad strength is refused here, before any work
         object.__setattr__(self, "feature_guidance", FeatureGuidance.of(self.feature_guidance))
         from featinv.validation import check_guidance, check_seeds
 
@@ -254,12 +259,20 @@ class SamplingOptions:
             settings["bf16"] = True
         if self.feature_guidance.active:  # only when on: unguided analyses' JSON stays as it was
             settings["feature_guidance"] = self.feature_guidance.describe()
+        settings.update(self._control())
         return settings
+
+    def _control(self) -> dict[str, Any]:
+        """The authors' sampler controls when not at their defaults (default runs' JSON stays as it was)."""
+        if self.control_strength == 1.0 and not self.guess_mode:
+            return {}
+        return {"control_strength": float(self.control_strength), "guess_mode": bool(self.guess_mode)}
 
     def reconstruct_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :meth:`featinv.diffusion.model.FeatInv.reconstruct` (all but the seeds)."""
         return {"steps": self.steps, "guidance_scale": self.guidance_scale, "scheduler": self.scheduler,
-                "batch_size": self.batch_size, "bf16": self.bf16, "feature_guidance": self.feature_guidance}
+                "batch_size": self.batch_size, "bf16": self.bf16, "feature_guidance": self.feature_guidance,
+                **self._control()}
 
 
 # ---------------------------------------------------------------------------------- model plumbing

@@ -112,18 +112,22 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
                        out: str | os.PathLike[str], seeds: Sequence[int] = (0,), guidance_scale: float | None = None,
                        steps: int = 50, scheduler: str = "ddim", batch_size: int = 8, device: str = "cpu",
                        resize: bool = False, overwrite: bool = False, progress: bool = True,
-                       bf16: bool = False, feature_guidance: Any = 0.0) -> ReconstructSummary:
+                       bf16: bool = False, feature_guidance: Any = 0.0, control_strength: float = 1.0,
+                       guess_mode: bool = False) -> ReconstructSummary:
     """Reconstruct every image (files or folders) once per seed into ``out``.
 
     run: a run folder or a loaded :class:`~featinv.diffusion.model.FeatInv`. ``resize`` writes the
     images at the backbone's input size instead of the base resolution; ``bf16`` autocasts the
     denoiser on CUDA; ``feature_guidance`` (a strength or a ``FeatureGuidance``) steers sampling toward the
     features. Each output's ``fidelity`` (cosine to its target map) is recorded in the index.
+    ``control_strength`` / ``guess_mode``: the authors' sampler controls (1.0 / off = the paper's sampler).
     """
+    from featinv.diffusion.controlnet import ControlScales
     from featinv.diffusion.guidance import FeatureGuidance
     from featinv.diffusion.model import FeatInv, load_model
 
     steering = FeatureGuidance.of(feature_guidance)
+    control = ControlScales(control_strength, bool(guess_mode))
     inputs, seeds = _checked_arguments(images, seeds, batch_size, steps)
     items = _output_names(inputs, exclude=[out])
     model = load_model(run, device=device)
@@ -136,6 +140,7 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     # null when off: folders from before feature guidance (no such key) still resume, and a guided folder
     # rerun without guidance (or the reverse) is refused as a change of settings
     settings["feature_guidance"] = steering.describe() if steering.active else None
+    settings.update({} if control.is_default else control.describe())  # absent at the defaults, as before
 
     index = ResumableIndex(out_dir / INDEX_NAME, settings, what="reconstruction index", key="file",
                            rows_field="items", versioned=False)
@@ -153,7 +158,8 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     from featinv.progress import make_progress
 
     sampling = dict(guidance_scale=guidance, steps=steps, scheduler=scheduler, batch_size=batch_size,
-                    progress=False, bf16=bf16, feature_guidance=steering)
+                    progress=False, bf16=bf16, feature_guidance=steering, control_strength=control.strength,
+                    guess_mode=control.guess_mode)
 
     bar = make_progress() if progress and pending else None
     task = bar.add_task("reconstructing", total=len(pending)) if bar else None

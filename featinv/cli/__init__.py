@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "featinv.cli.reconstruct",
     "featinv.cli.layers",
     "featinv.cli.train",
+    "featinv.cli.presets",
     "featinv.cli.bases",
     "featinv.cli.eval",
     "featinv.cli.concepts",

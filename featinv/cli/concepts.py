@@ -25,7 +25,7 @@ concepts_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Method = Annotated[str, typer.Option("--method", "-m", help="Decomposer: mcd, nmf, sae (or a plugin's).")]
+Method = Annotated[str, typer.Option("--method", "-m", help="Decomposer: mcd, mcd-reference (fitted as the reference MCD-XAI code), nmf, sae (or a plugin's).")]
 NConcepts = Annotated[int, typer.Option("--n-concepts", "-k", min=1, help="Number of concepts K.")]
 MaxImages = Annotated[int | None, typer.Option("--max-images", min=1, help="Use at most this many images (sorted order).")]
 TargetClass = Annotated[int | None, typer.Option(

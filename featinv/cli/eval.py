@@ -10,14 +10,19 @@ import typer
 
 from featinv.cli.options import (
     BatchSize,
+    ControlStrength,
     Device,
     FeatureGuidanceStrength,
+    GuessMode,
     GuidanceNormalize,
     GuidanceSchedule,
     JsonOutput,
+    PresetName,
     Quiet,
     Scheduler,
     Steps,
+    apply_preset,
+    given_options,
     make_feature_guidance,
     parse_float_list,
     parse_int_list,
@@ -33,7 +38,11 @@ eval_app = typer.Typer(  # help comes from eval_main's docstring, which carries 
 PerClass = Annotated[int, typer.Option("--per-class", min=1, help="Originals per class (class = immediate subfolder).")]
 EvalSeeds = Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; each original is reconstructed once per seed.")]
 EvaluateWith = Annotated[list[str] | None, typer.Option(
-    "--evaluate-with", help="Also score top5(1) under this backbone (repeatable), e.g. timm:convnext_base.")]
+    "--evaluate-with", help="Also score top5(1) under this backbone (repeatable), at its own input size: a spec "
+    "(timm:convnext_base), a spec at a size (timm:convnext_base.fb_in22k_ft_in1k@288) or a preset (paper:resnet50).")]
+ResizeMode = Annotated[str, typer.Option(
+    "--resize-mode", help="How reconstructions are resized to each backbone's input: bilinear (the paper), "
+    "bicubic, or model (each model's own interpolation).")]
 EvaluateWeights = Annotated[list[str] | None, typer.Option(
     "--evaluate-weights", help="Weights for --evaluate-with backbones (one for all or one each): pretrained, none or a file.")]
 Fid = Annotated[str, typer.Option(
@@ -111,6 +120,10 @@ def eval_main(
     feature_guidance: FeatureGuidanceStrength = 0.0,
     guidance_schedule: GuidanceSchedule = "all",
     guidance_normalize: GuidanceNormalize = "std",
+    preset: PresetName = None,
+    resize_mode: ResizeMode = "model",
+    control_strength: ControlStrength = 1.0,
+    guess_mode: GuessMode = False,
     quiet: Quiet = False,
     json_output: JsonOutput = False,
 ) -> None:
@@ -118,6 +131,9 @@ def eval_main(
 
     Subcommands: sweep (Figure 7), compare (several runs in one table), baseline (class-prompt images, Table 3).
     Writes metrics.json, metrics.csv, metrics.md and the images with an index; rerunning resumes.
+
+    --preset paper:convnext evaluates as the paper: 10 per class, 50 DDIM steps, bilinear resizing and
+    Table 2's other models at their own sizes; options given explicitly override it.
 
     Example: featinv eval --run runs/convnext --data val/ --per-class 10 --evaluate-with timm:resnet50
     """
@@ -130,12 +146,17 @@ def eval_main(
 
     steering = make_feature_guidance(feature_guidance, guidance_schedule, guidance_normalize)
     target = out or _default_out(run, data, guidance, steering=steering)
+    settings = {"per_class": per_class, "guidance_scale": guidance, "steps": steps, "scheduler": scheduler,
+                "evaluate_with": evaluate_with or [], "resize_mode": resize_mode}
+    if preset is not None:
+        from featinv.presets import get
+
+        settings = apply_preset(settings, get(preset).eval_settings(), given_options(ctx), {"guidance_scale": "guidance"})
     with no_partial_output([target]):  # the default folder inside the run is not an --out the root CLI sees
-        result = evaluate(run, data, out=target, per_class=per_class,
-                          seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps, scheduler=scheduler,
-                          batch_size=batch_size, evaluate_with=evaluate_with or [], evaluate_weights=evaluate_weights,
+        result = evaluate(run, data, out=target, **settings, seeds=parse_int_list(seeds),
+                          batch_size=batch_size, evaluate_weights=evaluate_weights,
                           fid=fid, limit=limit, overwrite=overwrite, device=device, progress=not quiet,
-                          feature_guidance=steering,
+                          feature_guidance=steering, control_strength=control_strength, guess_mode=guess_mode,
                           unguided_summary=_unguided_summary(run, data, guidance, steering))
     if not result.summary:  # another process of a multi-process launch: rank 0 reports
         return
@@ -164,6 +185,9 @@ def eval_sweep(
     feature_guidance: FeatureGuidanceStrength = 0.0,
     guidance_schedule: GuidanceSchedule = "all",
     guidance_normalize: GuidanceNormalize = "std",
+    resize_mode: ResizeMode = "model",
+    control_strength: ControlStrength = 1.0,
+    guess_mode: GuessMode = False,
     quiet: Quiet = False,
     json_output: JsonOutput = False,
 ) -> None:
@@ -182,7 +206,8 @@ def eval_sweep(
     with no_partial_output([target]):
         result = sweep(run, data, guidance=scales, out=target,
                        per_class=per_class, seeds=parse_int_list(seeds), steps=steps, scheduler=scheduler,
-                       batch_size=batch_size, fid=fid, device=device, progress=not quiet, feature_guidance=steering)
+                       batch_size=batch_size, fid=fid, device=device, progress=not quiet, feature_guidance=steering,
+                       resize_mode=resize_mode, control_strength=control_strength, guess_mode=guess_mode)
     if json_output:
         console.print_json(json.dumps(result.numbers))
         return

@@ -78,6 +78,32 @@ GuidanceNormalize = Annotated[str, typer.Option(
     "--guidance-normalize", help="Feature-guidance gradient normalisation: std (per sample) or none.")]
 
 
+ControlStrength = Annotated[float, typer.Option(
+    "--control-strength", min=0.0, help="Scale on every ControlNet residual (the authors' control strength; "
+    "1 = the paper's sampler).")]
+GuessMode = Annotated[bool, typer.Option(
+    "--guess-mode", help="The authors' guess mode: no features in the unconditional branch, residual scales "
+    "0.825^(12-i) from shallow to deep (off = the paper's sampler).")]
+PresetName = Annotated[str | None, typer.Option(
+    "--preset", help="A named setup, e.g. paper:resnet50, paper:convnext, paper:swinv2 (+ -pooled); "
+    "`featinv presets` shows every value it sets. Options given explicitly override it.")]
+
+
+def given_options(ctx: typer.Context) -> set[str]:
+    """The parameters set on the command line (or from the environment), i.e. not left at their defaults:
+    those a preset must not override."""
+    return {name for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") in ("COMMANDLINE", "ENVIRONMENT")}
+
+
+def apply_preset(values: dict[str, Any], preset_values: dict[str, Any], given: set[str],
+                 option_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """``values`` with every setting the user did not give replaced by the preset's (``option_names`` maps a
+    setting to the CLI parameter that sets it, where they differ)."""
+    names = option_names or {}
+    return {**values, **{key: value for key, value in preset_values.items() if names.get(key, key) not in given}}
+
+
 def make_feature_guidance(strength: float, schedule: str, normalize: str) -> Any:
     """The three guidance options as one :class:`~featinv.diffusion.guidance.FeatureGuidance` (bad values: one line)."""
     from featinv.diffusion.guidance import FeatureGuidance

@@ -9,8 +9,10 @@ import typer
 
 from featinv.cli.options import (
     BatchSize,
+    ControlStrength,
     Device,
     FeatureGuidanceStrength,
+    GuessMode,
     Guidance,
     GuidanceNormalize,
     GuidanceSchedule,
@@ -43,6 +45,8 @@ def reconstruct(
     feature_guidance: FeatureGuidanceStrength = 0.0,
     guidance_schedule: GuidanceSchedule = "all",
     guidance_normalize: GuidanceNormalize = "std",
+    control_strength: ControlStrength = 1.0,
+    guess_mode: GuessMode = False,
     quiet: Quiet = False,
 ) -> None:
     """Reconstruct images from their feature maps with a trained FeatInv run, one PNG per image and seed.
@@ -58,7 +62,7 @@ def reconstruct(
     summary = reconstruct_images(run, images, out, seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps,
                                  scheduler=scheduler, batch_size=batch_size, device=device, resize=resize,
                                  overwrite=overwrite, progress=not quiet, bf16=bf16,
-                                 feature_guidance=steering)
+                                 feature_guidance=steering, control_strength=control_strength, guess_mode=guess_mode)
     console.print(f"wrote {len(summary.written)} images, skipped {len(summary.skipped)} already done "
                   f"-> {summary.index_path}")
     for path in summary.unreadable:

@@ -18,9 +18,12 @@ from featinv.cli.options import (
     Mean,
     OutDir,
     Pooled,
+    PresetName,
     Quiet,
     Std,
     Weights,
+    apply_preset,
+    given_options,
     parse_options,
 )
 from featinv.console import console
@@ -86,9 +89,47 @@ def loop_kwargs(values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: TrainConfig fields set by a CLI option of another name (a preset must not override a given option)
+_OPTION_OF_FIELD = {"backbone_weights": "weights", "hflip": "no_flips", "vflip": "no_flips", "preset": "-"}
+
+
+def train_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Map the ``featinv train`` option values to TrainConfig fields (before any preset is applied)."""
+    encoder_kwargs = parse_options(values["encoder_option"], option="--encoder-option", example="hidden=256") or None
+    max_t = values["consistency_max_t"]
+    return dict(**loop_kwargs(values), encoder_kwargs=encoder_kwargs, backbone_weights=values["weights"],
+                hflip=not values["no_flips"], vflip=not values["no_flips"],
+                **{key: values[key] for key in ("backbone", "base", "layer", "pooled", "encoder", "input_size",
+                                                "resolution", "cache_features", "cache_views", "cache_latents", "frozen_precision",
+                                                "features_from",
+                                                "consistency_weight", "consistency_fraction")},
+                **({"consistency_max_t": max_t} if max_t is not None else {}))
+
+
+def resolved_config(ctx: typer.Context, values: dict[str, Any]) -> Any:
+    """The TrainConfig the options describe: the preset's values where no option was given, then the backbone
+    built with --mean/--std when they are (a built backbone carries them into the run's config)."""
+    from featinv.training.config import TrainConfig
+
+    settings = train_settings(values)
+    if values["preset"] is not None:
+        from featinv.presets import get
+
+        settings = apply_preset(settings, get(values["preset"]).train_settings(), given_options(ctx), _OPTION_OF_FIELD)
+    if values["mean"] is not None or values["std"] is not None:
+        from featinv.features.backbone import backbone as make_backbone
+
+        settings["backbone"] = make_backbone(settings["backbone"], layer=settings["layer"],
+                                             weights=settings["backbone_weights"], input_size=settings["input_size"],
+                                             mean=values["mean"], std=values["std"])
+    return TrainConfig(**settings)
+
+
 def train(
+    ctx: typer.Context,
     data: DataDir,
     out: OutDir,
+    preset: PresetName = None,
     backbone: BackboneSpec = "timm:convnext_base",
     base: BaseSpec = "sd:lambdalabs/miniSD-diffusers",
     layer: Layer = None,
@@ -97,6 +138,8 @@ def train(
     encoder_option: EncoderOptions = None,
     weights: Weights = "pretrained",
     input_size: InputSize = None,
+    resolution: Annotated[int | None, typer.Option("--resolution", min=8, help="The diffusion base's image size "
+                                                   "in pixels (default: what its configs say; they must agree).")] = None,
     mean: Mean = None,
     std: Std = None,
     epochs: Epochs = 3.0,
@@ -137,6 +180,8 @@ def train(
     val_steps: ValSteps = 20,
     tensorboard: TensorBoard = False,
     device: TrainDevice = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve every setting and print them with the "
+                                          "backbone grid, base and parameter counts; train nothing, write nothing.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train FeatInv: a ControlNet on a frozen diffusion base, conditioned on a backbone's feature map.
@@ -145,26 +190,36 @@ def train(
     Ctrl-C writes a checkpoint; --resume continues exactly. Several GPUs / nodes:
     accelerate launch -m featinv train ...
 
-    Example: featinv train --data imagenet/train --backbone timm:convnext_base --base sd:lambdalabs/miniSD-diffusers --out runs/convnext
+    --preset paper:convnext (see `featinv presets`) sets the paper's backbone, weights, layer, input size,
+    base, optimiser, augmentation and guidance; options given explicitly override it. --dry-run prints
+    every resolved setting with the feature grid, parameter counts and step counts, and writes nothing.
+
+    Example: featinv train --preset paper:convnext --data imagenet/train --out runs/convnext
     """
-    from featinv.training.config import TrainConfig
     from featinv.training.loop import train as run
 
-    values = dict(locals())
-    if mean is not None or std is not None:  # a built backbone carries them into the run's config
-        from featinv.features.backbone import backbone as make_backbone
-
-        backbone = make_backbone(backbone, layer=layer, weights=weights, input_size=input_size, mean=mean, std=std)
-    encoder_kwargs = parse_options(encoder_option, option="--encoder-option", example="hidden=256") or None
-    config = TrainConfig(**loop_kwargs(values), backbone=backbone, base=base, layer=layer, pooled=pooled,
-                         encoder=encoder, encoder_kwargs=encoder_kwargs, backbone_weights=weights, input_size=input_size,
-                         cache_features=cache_features, cache_views=cache_views, cache_latents=cache_latents,
-                         frozen_precision=frozen_precision,
-                         hflip=not no_flips, vflip=not no_flips, features_from=features_from,
-                         consistency_weight=consistency_weight, consistency_fraction=consistency_fraction,
-                         **({"consistency_max_t": consistency_max_t} if consistency_max_t is not None else {}))
+    config = resolved_config(ctx, dict(locals()))
+    if dry_run:
+        print_plan(config)
+        return
     path = run(config)
     console.print(f"FeatInv run written to [bold]{path}[/] (load with FeatInv.from_pretrained or --run {path})")
+
+
+def print_plan(config: Any) -> None:
+    """The dry run's table: every resolved setting, then the shapes and counts they imply (nothing written)."""
+    import os
+
+    from rich.table import Table
+
+    from featinv.training.plan import training_plan
+
+    table = Table(title="featinv train --dry-run (nothing trained, nothing written)")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in training_plan(config, world_size=int(os.environ.get("WORLD_SIZE", "1"))):
+        table.add_row(key, value)
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -28,8 +28,10 @@ from featinv.cli.concepts import parse_options
 from featinv.cli.options import (
     BatchSize,
     Bf16,
+    ControlStrength,
     Device,
     FeatureGuidanceStrength,
+    GuessMode,
     Guidance,
     GuidanceNormalize,
     GuidanceSchedule,
@@ -86,13 +88,14 @@ viz_app = typer.Typer(
 
 
 def _sampling(seed: int, steps: int, guidance: float | None, scheduler: str, batch_size: int, bf16: bool,
-              steering: tuple[float, str, str] = (0.0, "all", "std")) -> Any:
+              steering: tuple[float, str, str] = (0.0, "all", "std"), control: tuple[float, bool] = (1.0, False)) -> Any:
     """The sampling options every analysis shares; ``steering``: (strength, schedule, normalisation) of feature
-    guidance as the three CLI options give them."""
+    guidance as the three CLI options give them; ``control``: (control strength, guess mode)."""
     from featinv.analyses.base import SamplingOptions
 
     return SamplingOptions(seed=seed, steps=steps, guidance_scale=guidance, scheduler=scheduler,
-                           batch_size=batch_size, bf16=bf16, feature_guidance=make_feature_guidance(*steering))
+                           batch_size=batch_size, bf16=bf16, feature_guidance=make_feature_guidance(*steering),
+                           control_strength=control[0], guess_mode=control[1])
 
 
 def _report(result: Any) -> None:
@@ -144,6 +147,8 @@ def steering(
     feature_guidance: FeatureGuidanceStrength = 0.0,
     guidance_schedule: GuidanceSchedule = "all",
     guidance_normalize: GuidanceNormalize = "std",
+    control_strength: ControlStrength = 1.0,
+    guess_mode: GuessMode = False,
     out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -156,7 +161,7 @@ def steering(
     """
     options = {"attenuate": attenuate, "n": n, "threshold": threshold, "gradcam": gradcam}
     run_registered(ctx, "steering", options, _sampling(seed, steps, guidance, scheduler, batch_size, bf16,
-                             (feature_guidance, guidance_schedule, guidance_normalize)), run,
+                             (feature_guidance, guidance_schedule, guidance_normalize), (control_strength, guess_mode)), run,
                    image, out, device, quiet, decomposer=concepts, concepts=concept_id)
 
 
@@ -176,6 +181,8 @@ def interpolation(
     feature_guidance: FeatureGuidanceStrength = 0.0,
     guidance_schedule: GuidanceSchedule = "all",
     guidance_normalize: GuidanceNormalize = "std",
+    control_strength: ControlStrength = 1.0,
+    guess_mode: GuessMode = False,
     out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -186,7 +193,7 @@ def interpolation(
     """
     run_registered(ctx, "interpolation", {"weights": weights},
                    _sampling(seed, steps, guidance, scheduler, batch_size, bf16,
-                             (feature_guidance, guidance_schedule, guidance_normalize)), run, image_a, out, device, quiet,
+                             (feature_guidance, guidance_schedule, guidance_normalize), (control_strength, guess_mode)), run, image_a, out, device, quiet,
                    others=image_b)
 
 
@@ -208,6 +215,8 @@ def compose(
     feature_guidance: FeatureGuidanceStrength = 0.0,
     guidance_schedule: GuidanceSchedule = "all",
     guidance_normalize: GuidanceNormalize = "std",
+    control_strength: ControlStrength = 1.0,
+    guess_mode: GuessMode = False,
     out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -218,7 +227,7 @@ def compose(
     """
     options = {"regions": region} if region else {}
     run_registered(ctx, "compose", options, _sampling(seed, steps, guidance, scheduler, batch_size, bf16,
-                             (feature_guidance, guidance_schedule, guidance_normalize)), run,
+                             (feature_guidance, guidance_schedule, guidance_normalize), (control_strength, guess_mode)), run,
                    image_a, out, device, quiet, others=image_b)
 
 
@@ -253,6 +262,8 @@ def run_analysis(
     feature_guidance: FeatureGuidanceStrength = 0.0,
     guidance_schedule: GuidanceSchedule = "all",
     guidance_normalize: GuidanceNormalize = "std",
+    control_strength: ControlStrength = 1.0,
+    guess_mode: GuessMode = False,
     out: VizOut = None,
     device: Device = "cpu",
     quiet: Quiet = False,
@@ -268,7 +279,7 @@ def run_analysis(
     if concepts is not None:
         inputs["decomposer"] = concepts
     run_registered(ctx, name, parse_options(option), _sampling(seed, steps, guidance, scheduler, batch_size, bf16,
-                             (feature_guidance, guidance_schedule, guidance_normalize)),
+                             (feature_guidance, guidance_schedule, guidance_normalize), (control_strength, guess_mode)),
                    run, image, out, device, quiet, **inputs)
 
 

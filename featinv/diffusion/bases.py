@@ -428,16 +428,45 @@ def _prompt_table(directory: Path, width: int) -> torch.Tensor:
 
 # ---- loading by spec ------------------------------------------------------------------------------
 
-def load_base(spec: str | DiffusionBase, device: str | torch.device = "cpu") -> DiffusionBase:
+def load_base(spec: str | DiffusionBase, device: str | torch.device = "cpu",
+              resolution: int | None = None) -> DiffusionBase:
     """``PREFIX:ARG`` of a registered base (``sd:PATH_OR_HUB_ID``, ``pixel:DIR``, ...) | a bare folder (the
-    registered base that recognises it) | an existing base."""
+    registered base that recognises it) | an existing base. Its sizes are checked (:func:`check_resolution`);
+    ``resolution`` overrides the image size its UNet config implies."""
     if isinstance(spec, DiffusionBase):
-        return spec.to(device)
+        return check_resolution(spec.to(device), resolution)
     from featinv.registry import base_for_folder, create_base, is_base
 
     if not is_base(spec):
         folder = Path(spec).expanduser()
         name = base_for_folder(folder)
         if name is not None:
-            return create_base(f"{name}:{folder}", device=device)
-    return create_base(spec, device=device)
+            return check_resolution(create_base(f"{name}:{folder}", device=device), resolution)
+    return check_resolution(create_base(spec, device=device), resolution)
+
+
+def check_resolution(base: DiffusionBase, resolution: int | None = None) -> DiffusionBase:
+    """Refuse a base whose configs disagree on its sizes, or set the image size to ``resolution``.
+
+    The image size is the UNet's ``sample_size`` × the VAE factor. A pipeline that rewrote ``sample_size``
+    (MiniSD saved with 64 would train and sample at 512 px without a word) disagrees with the VAE's own
+    ``sample_size``: that is a one-line error naming ``--resolution``, which sets the size explicitly.
+    """
+    factor, unet = base.vae_scale_factor, base.unet.config
+    if base.vae is not None and int(base.vae.config.latent_channels) != base.latent_channels:
+        raise FeatinvError(f"diffusion base {base.spec}: the VAE makes {base.vae.config.latent_channels}-channel "
+                           f"latents but the UNet takes {base.latent_channels}; the folder mixes two models")
+    if resolution is not None:
+        multiple = factor * 2 ** (len(unet.block_out_channels) - 1)
+        if int(resolution) < multiple or int(resolution) % multiple:
+            raise FeatinvError(f"resolution {resolution} does not fit base {base.spec}: use a multiple of {multiple}")
+        if int(resolution) != base.resolution:
+            base.unet.register_to_config(sample_size=int(resolution) // factor)
+        return base
+    vae_size = getattr(base.vae.config, "sample_size", None) if base.vae is not None else None
+    vae_size = vae_size[0] if isinstance(vae_size, (list, tuple)) else vae_size
+    if vae_size is not None and int(vae_size) != base.resolution:
+        raise FeatinvError(f"diffusion base {base.spec}: unet/config.json sample_size {unet.sample_size} means "
+                           f"{base.resolution} px, but vae/config.json says {vae_size} px; pass --resolution "
+                           f"{vae_size} (or {base.resolution}) to choose, or correct the folder's configs")
+    return base

@@ -13,7 +13,9 @@ Saved layout (``save_pretrained``): ``config.json`` (the ControlNet config), ``d
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +87,63 @@ class FeatInvControlNet(ControlNetModel):
         return list(down), mid
 
 
+#: the authors' guess-mode decay: residual i of n is scaled by GUESS_DECAY ** (n - 1 - i) (0.825^(12-i) for SD 1.x)
+GUESS_DECAY = 0.825
+
+
+@dataclass(frozen=True)
+class ControlScales:
+    """The authors' two sampler controls (their ``process()``): ``strength`` scales every ControlNet residual;
+    ``guess_mode`` gives the unconditional branch no features and decays the residual scales with depth.
+
+    The default (1.0, off) is the paper's sampler, bit for bit: nothing is scaled.
+    """
+
+    strength: float = 1.0
+    guess_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.strength, (int, float)) and math.isfinite(self.strength) and self.strength >= 0):
+            raise FeatinvError(f"control strength must be a finite number >= 0, got {self.strength!r}; 1 is the "
+                               "paper's sampler")
+
+    @property
+    def is_default(self) -> bool:
+        """Whether these are the paper sampler's settings (nothing scaled)."""
+        return self.strength == 1.0 and not self.guess_mode
+
+    def scales(self, count: int) -> list[float] | None:
+        """One scale per residual (down blocks first, the mid block last); None when none is scaled."""
+        if self.is_default:
+            return None
+        if self.guess_mode:
+            return [self.strength * GUESS_DECAY ** float(count - 1 - i) for i in range(count)]
+        return [float(self.strength)] * count
+
+    def describe(self) -> dict[str, object]:
+        """The two settings as JSON, for a reconstruction's metadata and an output's settings."""
+        return {"control_strength": float(self.strength), "guess_mode": bool(self.guess_mode)}
+
+
 def controlled_unet(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, sample: torch.Tensor,
                     timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                    features: torch.Tensor | None) -> torch.Tensor:
+                    features: torch.Tensor | None, control: ControlScales | None = None,
+                    uncontrolled: int = 0) -> torch.Tensor:
     """One prediction of the frozen UNet with the ControlNet's residuals added (noise or v).
 
     Without a ControlNet there are no residuals: the UNet runs exactly as in plain text-to-image sampling.
+    ``control`` scales the residuals; the first ``uncontrolled`` rows get none (guess mode's unconditional
+    branch: ``features`` then holds only the other rows' maps).
     """
-    down, mid = (None, None) if controlnet is None else controlnet.residuals(sample, timestep, encoder_hidden_states,
-                                                                              features)
+    down, mid = None, None
+    if controlnet is not None:
+        rows = slice(uncontrolled, None)
+        down, mid = controlnet.residuals(sample[rows], timestep, encoder_hidden_states[rows], features)
+        scales = control.scales(len(down) + 1) if control is not None else None
+        if scales is not None:
+            down, mid = [r * s for r, s in zip(down, scales[:-1], strict=True)], mid * scales[-1]
+        if uncontrolled:  # zero residuals: those rows run exactly as the plain UNet
+            down = [torch.cat([r.new_zeros((uncontrolled, *r.shape[1:])), r]) for r in down]
+            mid = torch.cat([mid.new_zeros((uncontrolled, *mid.shape[1:])), mid])
     return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
                 down_block_additional_residuals=down, mid_block_additional_residual=mid).sample

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from featinv.diffusion.bases import DiffusionBase, load_base
 from featinv.diffusion.consistency import FeatureConsistency
-from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
+from featinv.diffusion.controlnet import ControlScales, FeatInvControlNet, controlled_unet
 from featinv.diffusion.encoders import build_encoder
 from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, fidelity_scores
 from featinv.diffusion.run_config import FORMAT, FORMAT_VERSION, check_run_config
@@ -141,8 +141,12 @@ class FeatInv:
     def create(cls, backbone: Any, base: str | DiffusionBase, layer: str | None = None, pooled: bool = False,
                encoder: str = "conv", encoder_kwargs: dict[str, Any] | None = None,
                backbone_weights: str = "pretrained", input_size: int | None = None,
-               device: str | torch.device = "cpu", guidance_scale: float | None = None) -> FeatInv:
-        """A fresh model: ControlNet copied from the base UNet, encoder zero-initialised (changes nothing yet)."""
+               device: str | torch.device = "cpu", guidance_scale: float | None = None,
+               resolution: int | None = None) -> FeatInv:
+        """A fresh model: ControlNet copied from the base UNet, encoder zero-initialised (changes nothing yet).
+
+        ``resolution`` sets the base's image size (checked against its configs; see ``bases.check_resolution``).
+        """
         from featinv.features.backbone import backbone as make_backbone
 
         if isinstance(backbone, str):
@@ -150,7 +154,7 @@ class FeatInv:
         else:
             bb = backbone
             backbone_weights = getattr(bb, "weights", backbone_weights)
-        base = load_base(base, device=device)
+        base = load_base(base, device=device, resolution=resolution)
         grid = (base.latent_size, base.latent_size)
         enc = build_encoder(encoder, bb.info.channels, base.first_block_width, grid, **(encoder_kwargs or {}))
         controlnet = FeatInvControlNet.from_unet_and_encoder(base.unet, enc)
@@ -174,7 +178,8 @@ class FeatInv:
                                      input_size=int(size[0]) if size else None, device=device,
                                      **entry.get("preprocessing", {}))
         _check_backbone(backbone, entry, str(run_dir))
-        base_obj = load_base(base if base is not None else config["base"]["spec"], device=device)
+        base_obj = load_base(base if base is not None else config["base"]["spec"], device=device,
+                             resolution=config["base"].get("resolution"))
         _check_base(base_obj, config["base"], str(run_dir))
         controlnet = FeatInvControlNet.from_pretrained(run_dir / CONTROLNET_DIR)
         if int(controlnet.encoder.config.in_channels) != int(entry["channels"]):
@@ -307,7 +312,8 @@ class FeatInv:
     def reconstruct(self, features: torch.Tensor | None = None, images: Any = None, seeds: Any = (0,),
                     guidance_scale: float | None = None, steps: int = 50, scheduler: str = "ddim",
                     batch_size: int | str = 16, progress: bool = True, bf16: bool = False,
-                    feature_guidance: FeatureGuidance | float = 0.0, fidelity: bool = True) -> Reconstruction:
+                    feature_guidance: FeatureGuidance | float = 0.0, fidelity: bool = True,
+                    control_strength: float = 1.0, guess_mode: bool = False) -> Reconstruction:
         """Sample images whose features should match ``features`` (or those of ``images``: PIL images, numpy
         arrays, tensors or paths, see :meth:`Backbone.preprocess`).
 
@@ -317,7 +323,9 @@ class FeatInv:
         a :class:`~featinv.diffusion.guidance.FeatureGuidance`) steers sampling toward the target features;
         0 is the paper's sampler, bit for bit. ``fidelity`` scores each output against its map (one
         backbone pass) into :attr:`Reconstruction.fidelity`. ``batch_size="auto"`` takes the largest batch
-        that fits the free GPU memory (:func:`~featinv.diffusion.memory.fitting_batch_size`; 16 on a CPU).
+        that fits the free GPU memory (:func:`~featinv.diffusion.memory.fitting_batch_size`; 16 on a CPU). ``control_strength``
+        (a scale on every ControlNet residual) and ``guess_mode`` (no features in the unconditional branch,
+        residual scales 0.825^(12-i)) are the authors' sampler controls; 1.0 and off are the paper's sampler.
         """
         if (features is None) == (images is None):
             raise FeatinvError("pass exactly one of features= or images= to reconstruct")
@@ -325,6 +333,7 @@ class FeatInv:
         if batch_size != "auto":
             check_count(batch_size, "batch size")
         steering = FeatureGuidance.of(feature_guidance)
+        control = ControlScales(control_strength, bool(guess_mode))
         if features is None:
             features = self.features(images)
         features = self._conditioning(torch.as_tensor(features))
@@ -354,7 +363,8 @@ class FeatInv:
                 target = GuidanceTarget(self.backbone, feats, self.base.decode, self.pooled) if steering.active else None
                 latents = denoise(self.base.unet, self.controlnet, sampler, feats, cond, uncond,
                                   seeds[start:start + b], latent_shape, steps=steps, guidance_scale=guidance,
-                                  bf16=bf16, on_step=advance, feature_guidance=steering, target=target)
+                                  bf16=bf16, on_step=advance, feature_guidance=steering, target=target,
+                                  control=control)
                 decoded = self.base.decode(latents)
                 check_images(decoded, seeds[start:start + b], _BROKEN_OUTPUT_FIX)
                 if fidelity:
@@ -362,7 +372,8 @@ class FeatInv:
                 outputs.append(decoded.cpu())
         return Reconstruction(images=torch.cat(outputs), seeds=seeds, features=features.cpu(),
                               meta={"guidance_scale": guidance, "steps": steps, "scheduler": scheduler,
-                                    "feature_guidance": steering.describe()},
+                                    "feature_guidance": steering.describe(),
+                                    **({} if control.is_default else control.describe())},
                               fidelity=torch.cat(scores) if fidelity else None)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers import UNet2DConditionModel
 
-from featinv.diffusion.controlnet import FeatInvControlNet, controlled_unet
+from featinv.diffusion.controlnet import ControlScales, FeatInvControlNet, controlled_unet
 from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, guide_latents
 from featinv.errors import FeatinvError
 
@@ -34,17 +34,21 @@ def seeded_noise(seeds: Sequence[int], shape: Sequence[int], device: torch.devic
 
 def guided_prediction(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, latents: torch.Tensor,
                       timestep: torch.Tensor, features: torch.Tensor | None, cond_embeds: torch.Tensor,
-                      uncond_embeds: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+                      uncond_embeds: torch.Tensor, guidance_scale: float,
+                      control: ControlScales | None = None) -> torch.Tensor:
     """Classifier-free guidance as in the official code: the feature map is given to *both* branches,
     only the prompt differs; both branches run as one batched call. Guidance 1 needs only the
     conditional branch. Without a ControlNet (``controlnet`` and ``features`` None) this is plain
-    text-to-image guidance of the base.
+    text-to-image guidance of the base. ``control``: the authors' control strength / guess mode (in guess
+    mode the unconditional branch gets no features).
     """
     if guidance_scale == 1.0:
-        return controlled_unet(unet, controlnet, latents, timestep, cond_embeds, features)
+        return controlled_unet(unet, controlnet, latents, timestep, cond_embeds, features, control)
+    guess = control is not None and control.guess_mode and features is not None
     both = controlled_unet(unet, controlnet, torch.cat([latents, latents]), timestep,
                            torch.cat([uncond_embeds, cond_embeds]),
-                           None if features is None else torch.cat([features, features]))
+                           None if features is None else features if guess else torch.cat([features, features]),
+                           control, uncontrolled=len(latents) if guess else 0)
     uncond, cond = both.chunk(2)
     return uncond + guidance_scale * (cond - uncond)
 
@@ -53,14 +57,16 @@ def denoise(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, sc
             features: torch.Tensor | None, cond_embeds: torch.Tensor, uncond_embeds: torch.Tensor, seeds: Sequence[int],
             latent_shape: Sequence[int], steps: int = 50, guidance_scale: float = 1.75,
             bf16: bool = False, on_step: Callable[[], None] | None = None,
-            feature_guidance: FeatureGuidance | None = None, target: GuidanceTarget | None = None) -> torch.Tensor:
+            feature_guidance: FeatureGuidance | None = None, target: GuidanceTarget | None = None,
+            control: ControlScales | None = None) -> torch.Tensor:
     """Sample clean latents for a batch of feature maps (or, with no ControlNet, from the base alone).
 
     features: ``[N, C, h, w]`` (None without a ControlNet); cond/uncond_embeds: ``[N, L, D]`` prompt /
     empty-prompt embeddings; seeds: one per sample; latent_shape: ``(C_latent, H, W)``. Returns
     ``[N, *latent_shape]``. The class-prompt baseline and the base's validation samples use this loop too.
     With active ``feature_guidance`` (and its ``target``), guided steps first move the latents toward the
-    target features; call it outside ``torch.inference_mode`` then (guidance needs gradients).
+    target features; call it outside ``torch.inference_mode`` then (guidance needs gradients). ``control``:
+    the authors' control strength and guess mode (:class:`~featinv.diffusion.controlnet.ControlScales`).
     """
     device = cond_embeds.device
     scheduler.set_timesteps(steps, device=device)
@@ -79,7 +85,7 @@ def denoise(unet: UNet2DConditionModel, controlnet: FeatInvControlNet | None, sc
             with torch.autocast(device.type, dtype=half or torch.bfloat16, enabled=half is not None):
                 return guided_prediction(unet, controlnet, scheduler.scale_model_input(x, t), t,
                                          None if features is None else features[rows], cond_embeds[rows],
-                                         uncond_embeds[rows], guidance_scale)
+                                         uncond_embeds[rows], guidance_scale, control)
 
         weight = feature_guidance.weight(index, len(scheduler.timesteps)) if guided else 0.0
         if weight > 0.0:

@@ -129,8 +129,9 @@ def _embed(space: Any, images: Iterable[Image.Image], resolution: int, chunk: in
 
 
 def load_backbones(specs: Sequence[str], weights: Sequence[str] | None, device: str) -> dict[str, Any]:
-    """The backbones that judge reconstructions (``--evaluate-with``): one weight option each, or one for all."""
-    from featinv.features.backbone import backbone as make_backbone
+    """The backbones that judge reconstructions (``--evaluate-with``): one weight option each, or one for all;
+    each a spec, ``spec@SIZE`` or a preset name (:mod:`featinv.evaluation.judges`)."""
+    from featinv.evaluation.judges import load_judge
 
     weights = list(weights or [])
     if weights and len(weights) not in (1, len(specs)):
@@ -140,7 +141,7 @@ def load_backbones(specs: Sequence[str], weights: Sequence[str] | None, device: 
     out: dict[str, Any] = {}
     for i, spec in enumerate(specs):
         w = weights[i] if len(weights) == len(specs) else (weights[0] if weights else "pretrained")
-        out[spec] = make_backbone(spec, weights=w, device=device)
+        out[spec] = load_judge(spec, w, device)
         out[spec].require_classifier("top-5/top-1 match")  # judging backbones score by class
     return out
 
@@ -192,6 +193,7 @@ def evaluate(
     name: str | None = None,
     feature_guidance: Any = 0.0,
     unguided_summary: dict[str, Any] | None = None,
+    resize_mode: str = "model", control_strength: float = 1.0, guess_mode: bool = False,
 ) -> EvalResult:
     """Reconstruct ``per_class`` originals per class for each seed and score them (paper Table 1/2).
 
@@ -205,22 +207,21 @@ def evaluate(
     sampling toward the target maps; every row also carries pixel MSE, SSIM and high-frequency energy against
     its original, the checks guidance cannot game (:mod:`featinv.evaluation.pixel_checks`). With
     ``unguided_summary`` (the paper sampler's evaluation of the same images and seeds) a guided summary
-    carries a ``guidance_warning`` when the cosine rose while the pixel error went up.
+    carries a ``guidance_warning`` when the cosine rose while the pixel error went up (more: :func:`_paper_settings`).
     """
-    from featinv.diffusion.guidance import FeatureGuidance
     from featinv.diffusion.model import load_model
 
     seeds = [int(s) for s in seeds] or [0]
-    steering = FeatureGuidance.of(feature_guidance)
-    guidance_scale = _checked_sampling(guidance_scale, batch_size)
+    guidance_scale, steering, paper = _checked_sampling(guidance_scale, batch_size, feature_guidance, resize_mode,
+                                                        control_strength, guess_mode)
     sources = collect_sources(data, per_class)
     rank, world, barrier = process_group(device)
     if world > 1 and device == "cuda":  # one GPU per process under accelerate launch / torchrun
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     model = load_model(run, device)
     guidance = float(guidance_scale if guidance_scale is not None else model.guidance_scale)
-    label = name or _model_label(model, run)
-    settings = _run_settings(run, data, model, guidance, steps, scheduler, seeds, per_class, evaluate_with, steering)
+    settings = {**_run_settings(run, data, model, guidance, steps, scheduler, seeds, per_class, evaluate_with,
+                                steering), **paper}
     jobs = [(src, seed) for src in sources for seed in seeds]
 
     out_dir = ensure_output_dir(out) if out is not None else None
@@ -233,16 +234,16 @@ def evaluate(
     pending, my_rows = _my_share(jobs, rank, world, done, limit)
     kept: dict[str, Image.Image] = {}
     sampling = dict(guidance_scale=guidance, steps=steps, scheduler=scheduler, batch_size=batch_size,
-                    feature_guidance=steering)
+                    feature_guidance=steering, **_control_kwargs(paper))
     unreadable = _reconstruct_pending(model, pending, extra, sampling, my_rows, out_dir, kept if keep else None,
-                                      index, progress)
+                                      index, progress, resize_mode)
     barrier()
     if rank != 0:
         return EvalResult(summary={}, rows=list(my_rows.values()), out=out_dir)
 
     rows = _rows_in_job_order(out_dir, settings, my_rows, jobs)
     images = _row_images(rows, kept, out_dir) if keep else None
-    summary = _summary(rows, settings, label, jobs, len(sources), unreadable, unguided_summary)
+    summary = _summary(rows, settings, name or _model_label(model, run), jobs, len(sources), unreadable, unguided_summary)
     if space is not None:
         _add_distribution_scores(summary, space, sources, rows, images, out_dir,
                                  int(getattr(model.base, "resolution", 256)), kid_subset_size)
@@ -252,15 +253,21 @@ def evaluate(
     return result
 
 
-def _checked_sampling(guidance_scale: float | None, batch_size: int) -> float | None:
-    """Fail on a bad guidance scale or batch size before any model is loaded."""
+def _checked_sampling(guidance_scale: float | None, batch_size: int, feature_guidance: Any = 0.0,
+                      resize_mode: str = "model", control_strength: float = 1.0,
+                      guess_mode: bool = False) -> tuple[float | None, Any, dict[str, Any]]:
+    """Fail on a bad guidance scale, batch size, feature guidance, resize mode or control strength before any
+    model is loaded; the guidance scale, the ``FeatureGuidance`` and the :func:`_paper_settings`."""
+    from featinv.diffusion.guidance import FeatureGuidance
+
+    steering = FeatureGuidance.of(feature_guidance)
     if guidance_scale is not None:
         from featinv.validation import check_guidance
 
         guidance_scale = check_guidance(guidance_scale)
     if batch_size < 1:
         raise FeatinvError(f"batch size must be at least 1, got {batch_size}")
-    return guidance_scale
+    return guidance_scale, steering, _paper_settings(resize_mode, control_strength, guess_mode)
 
 
 def _open_index(out_dir: Path | None, settings: dict[str, Any], rank: int, world: int,
@@ -303,9 +310,10 @@ def _run_settings(run: Any, data: DataArg, model: Any, guidance: float, steps: i
 def _reconstruct_pending(model: Any, pending: list[tuple[SourceImage, int]], extra: dict[str, Any],
                          sampling: dict[str, Any], my_rows: dict[str, dict[str, Any]], out_dir: Path | None,
                          kept: dict[str, Image.Image] | None, index: ResumableIndex | None,
-                         progress: bool) -> dict[str, str]:
-    """Reconstruct and score the pending (source, seed) jobs batch by batch into ``my_rows``, saving the index
-    after every batch so an interrupted evaluation resumes there. Returns the unreadable sources and why:
+                         progress: bool, resize_mode: str = "model") -> dict[str, str]:
+    """Reconstruct and score the pending (source, seed) jobs batch by batch into ``my_rows`` (reconstructions
+    resized to each judge by ``resize_mode``), saving the index after every batch so an interrupted evaluation
+    resumes there. Returns the unreadable sources and why:
     they are skipped and counted, like in training and concept fitting (none readable at all is an error)."""
     from featinv.progress import progress as progress_bar
 
@@ -320,7 +328,7 @@ def _reconstruct_pending(model: Any, pending: list[tuple[SourceImage, int]], ext
             except FeatinvError as exc:
                 unreadable[src.name] = str(exc)
         if readable:
-            rows = _reconstruct_batch(model, pils, readable, extra, dict(sampling))
+            rows = _reconstruct_batch(model, pils, readable, extra, dict(sampling), resize_mode)
             for (src, seed), (row, img) in zip(readable, rows, strict=True):
                 my_rows[row["key"]] = _record(row, src, seed, img, out_dir, kept)
             if index is not None:
@@ -359,6 +367,36 @@ def _summary(rows: list[dict[str, Any]], settings: dict[str, Any], label: str, j
     if warning:
         summary["guidance_warning"] = warning
     return summary
+
+
+def _paper_settings(resize_mode: str, control_strength: float, guess_mode: bool) -> dict[str, Any]:
+    """The settings of the paper's evaluation choices, only where they differ from the defaults (so an
+    evaluation folder written before they existed still resumes). ``resize_mode``: how reconstructions are
+    resized to each backbone's input, ``bilinear`` (the paper), ``bicubic`` or ``model`` (each model's own);
+    ``control_strength`` / ``guess_mode``: the authors' sampler controls (1.0 / off = the paper's sampler)."""
+    from featinv.diffusion.controlnet import ControlScales
+
+    if resize_mode not in ("model", "bilinear", "bicubic"):
+        raise FeatinvError(f"resize mode {resize_mode!r} unknown; use bilinear (the paper), bicubic or model")
+    control = ControlScales(control_strength, bool(guess_mode))
+    return {**({"resize_mode": resize_mode} if resize_mode != "model" else {}),
+            **({} if control.is_default else control.describe())}
+
+
+def _control_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """``model.reconstruct`` keywords of the sampler controls recorded in ``settings`` (none at the defaults)."""
+    return {key: settings[key] for key in ("control_strength", "guess_mode") if key in settings}
+
+
+def _update_model_card(run: Any, out_dir: Path) -> None:
+    """Rewrite the run folder's model card with this evaluation's metrics, when the evaluation lives in it."""
+    if not isinstance(run, (str, os.PathLike)):
+        return
+    run_dir = Path(run).resolve()
+    if (run_dir / "config.json").is_file() and run_dir in out_dir.resolve().parents:
+        from featinv.report.card import write_model_card
+
+        write_model_card(run_dir)
 
 
 def _record(row: dict[str, Any], src: SourceImage, seed: int, img: Image.Image, out_dir: Path | None,
@@ -407,12 +445,16 @@ def _reconstruct_batch(
     batch: Sequence[tuple[SourceImage, int]],
     extra: dict[str, Any],
     sampling: dict[str, Any],
+    resize_mode: str = "model",
 ) -> list[tuple[dict[str, Any], Image.Image]]:
     """Reconstruct one batch (``sampling``: keyword arguments of ``model.reconstruct``) and score every
-    sample against its original: in the backbone's eyes, and in pixels."""
+    sample against its original: in the backbone's eyes (reconstructions resized by ``resize_mode``), and
+    in pixels."""
     from featinv.data import to_pil
     from featinv.evaluation import metrics
+    from featinv.evaluation.cosine import encode_positions
     from featinv.features.backbone import pool_features
+    from featinv.features.similarity import cosine_positions
 
     backbone = model.backbone
     with torch.no_grad():
@@ -422,18 +464,21 @@ def _reconstruct_batch(
         rec = model.reconstruct(features=cond, seeds=[seed for _, seed in batch], progress=False, **sampling)
         rec_images = rec.images.float().clamp(0, 1)
         pixels = _pixel_checks(pils, rec_images.cpu())
-        f_rec, logits_rec = backbone.features_and_logits(backbone.normalize(rec_images.to(backbone.device)))
+        f_rec, logits_rec = backbone.features_and_logits(backbone.normalize(rec_images.to(backbone.device),
+                                                                            resize=resize_mode))
+        positions = cosine_positions(f_orig.cpu(), f_rec.cpu())
         cos = metrics.cosine_median(f_orig.cpu(), f_rec.cpu())
         classes = _class_matches(logits_orig, logits_rec)
         cross: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for spec, other in extra.items():
             lo = other.logits(other.preprocess(pils)).cpu()
-            lr = other.logits(other.normalize(rec_images.to(other.device))).cpu()
+            lr = other.logits(other.normalize(rec_images.to(other.device), resize=resize_mode)).cpu()
             cross[spec] = (metrics.topk_match(lo, lr, 1), metrics.topk_match(lo, lr, 5))
     out = []
     for i in range(len(batch)):
         row: dict[str, Any] = {
             "cosine": float(cos[i]),
+            "cosine_positions": encode_positions(positions[i]),
             **{k: v[i] for k, v in classes.items()},  # nothing when the backbone has no classifier
             **{k: v[i] for k, v in pixels.items()},
         }
@@ -499,6 +544,7 @@ def _read_indexes(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> d
 
 
 def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str, complete: bool, n_sources: int) -> dict[str, Any]:
+    from featinv.evaluation.cosine import PER_IMAGE_NOTE, all_positions_summary
     from featinv.evaluation.metrics import mean_ci95, rate_ci95
     from featinv.evaluation.pixel_checks import summarise_pixel_checks
 
@@ -513,11 +559,13 @@ def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str,
         "n_sources": n_sources,
         "n_images": n,
         "classes": len({r["class"] for r in rows}),
-        "cosine_sim": {"mean": _finite(mean), "ci95": [_finite(low), _finite(high)],
-                       "note": "median over feature-map positions per image (unpooled map), mean over images"},
+        "cosine_sim": {"mean": _finite(mean), "ci95": [_finite(low), _finite(high)], "note": PER_IMAGE_NOTE},
         **{k: hits[k] / n if n else None for k in hits},
         **{f"{k}_ci95": [_finite(v) for v in rate_ci95(hits[k], n)] for k in hits},  # Wilson score interval
     }
+    pooled = all_positions_summary(rows)
+    if pooled is not None:
+        summary["cosine_sim_all_positions"] = pooled
     if not classified:
         summary["topk_note"] = NO_CLASSIFIER_NOTE
     checks = summarise_pixel_checks(rows)
@@ -533,7 +581,8 @@ def _summarise(rows: list[dict[str, Any]], settings: dict[str, Any], label: str,
 
 
 def _write_outputs(out_dir: Path, result: EvalResult) -> None:
-    write_json(out_dir / "metrics.json", {"summary": result.summary, "rows": result.rows})
+    rows = [{k: v for k, v in row.items() if k != "cosine_positions"} for row in result.rows]  # kept in the index
+    write_json(out_dir / "metrics.json", {"summary": result.summary, "rows": rows})
     columns = ["key", "source", "class", "seed", "file", "cosine", "top5", "top1", "pred_original", "pred_reconstruction",
                "fidelity", "pixel_mse", "ssim", "high_freq", "high_freq_original"]
     specs = list(result.summary.get("cross_model", {}))
@@ -545,4 +594,5 @@ def _write_outputs(out_dir: Path, result: EvalResult) -> None:
         writer.writerow([row.get(c, "") for c in columns] + [cross[s][f"top{k}"] for s in specs for k in (5, 1)])
     write_text(out_dir / "metrics.csv", text.getvalue())
     write_text(out_dir / "metrics.md", summary_markdown([result.summary]) + cross_markdown([result.summary]))
+    _update_model_card(result.summary.get("run"), out_dir)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from featinv.errors import FeatinvError
+from featinv.evaluation.cosine import TABLE_NOTE
 from featinv.io import read_json
 
 __all__ = [
@@ -45,7 +46,9 @@ def _table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
     kid_labels = sorted({s["kid"]["label"] for s in summaries if s.get("kid")})
     pixels = any(s.get("pixel_checks") for s in summaries)
     topk = any("top5" in s for s in summaries) or not summaries  # encoders without a classifier: no column
+    pooled = any(s.get("cosine_sim_all_positions") for s in summaries)
     header = ["Model", "cosine-sim", *(["top5(1) match"] if topk else []), *fid_labels, *kid_labels,
+              *(["cosine-sim (all positions)"] if pooled else []),
               *(["pixel MSE", "SSIM", "high-freq ratio"] if pixels else []), "n"]
     labels = [s.get("model", "?") for s in summaries]
     if len(set(labels)) < len(labels):  # e.g. one run at several guidance scales: tell the rows apart
@@ -62,6 +65,9 @@ def _table_rows(summaries: Sequence[dict[str, Any]]) -> tuple[list[str], list[li
         for lab in kid_labels:
             kid = s.get("kid") or {}
             cells.append(f"{kid['mean']:.4f} ± {kid['std']:.4f}" if kid.get("label") == lab else "n/a")
+        if pooled:
+            median = (s.get("cosine_sim_all_positions") or {}).get("median")
+            cells.append("n/a" if median is None else f"{median:.2f}")
         if pixels:
             cells += _pixel_cells(s.get("pixel_checks") or {})
         cells.append(str(s.get("n_images", "")) + ("" if s.get("complete", True) else " (partial)"))
@@ -84,7 +90,7 @@ def summary_markdown(summaries: Sequence[dict[str, Any]]) -> str:
     header, rows = _table_rows(summaries)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + f"\n\n{TABLE_NOTE}\n"
 
 
 def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:

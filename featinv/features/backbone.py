@@ -199,8 +199,12 @@ class Backbone:
         self.model.to(self.device)
         return self
 
-    def normalize(self, images01: Tensor) -> Tensor:
-        """Differentiable: resize [B,3,h,w] in [0,1] to the input size and apply the model's mean/std."""
+    def normalize(self, images01: Tensor, resize: str | None = None) -> Tensor:
+        """Differentiable: resize [B,3,h,w] in [0,1] to the input size and apply the model's mean/std.
+
+        ``resize``: the interpolation, ``bilinear`` or ``bicubic`` (the paper resizes its 256 px reconstructions
+        bilinearly); None or ``model``: the model's own (bicubic for most timm models).
+        """
         if images01.ndim == 3:
             images01 = images01.unsqueeze(0)
         if images01.ndim != 4 or images01.shape[1] != 3:
@@ -209,7 +213,9 @@ class Backbone:
         x = images01.to(self.device, torch.float32)
         size = self.preprocessing.input_size
         if tuple(x.shape[-2:]) != size:
-            mode = self.preprocessing.interpolation
+            mode = self.preprocessing.interpolation if resize in (None, "model") else resize
+            if mode not in ("bilinear", "bicubic", "nearest"):
+                raise FeatinvError(f"resize mode {resize!r} unknown; use bilinear, bicubic or model")
             kwargs = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
             x = F.interpolate(x, size=size, mode=mode, **kwargs)
             if mode == "bicubic":

@@ -123,6 +123,7 @@ class TrainConfig(LoopConfig):
     encoder_kwargs: dict[str, Any] | None = None  # --encoder-option KEY=VALUE: the encoder's __init__ options
     backbone_weights: str = "pretrained"
     input_size: int | None = None
+    resolution: int | None = None          # the base's image size; None: what its configs say (checked to agree)
     hflip: bool = True
     vflip: bool = True
     crop_scale: tuple[float, float] = CROP_SCALE
@@ -143,6 +144,15 @@ class TrainConfig(LoopConfig):
     # the frozen UNet/VAE/backbone's weight precision: auto = the --mixed-precision dtype on CUDA, else fp32
     frozen_precision: str = "auto"
     cache_latents: bool = False            # with cache_features: also VAE-encode the fixed crops once
+
+    preset: str | None = None              # the featinv.presets name the settings came from (recorded in the run)
+
+    @classmethod
+    def from_preset(cls, preset: Any, **overrides: Any) -> TrainConfig:
+        """A config with a preset's values (``"paper:convnext"`` or a Preset); ``overrides`` win over them."""
+        from featinv.presets import get
+
+        return cls(**{**get(preset).train_settings(), **overrides})
 
     def check(self) -> None:
         super().check()

@@ -291,6 +291,10 @@ def _complete(run: TrainingRun) -> Path:
         run.task.save(run.out)
         run.validate(run.step)
     run.write_state("complete", run.step, {"checkpoint": str(latest_checkpoint(run.ckpt_root)), **run.timings})
+    if run.is_main and isinstance(run.config, TrainConfig):  # a FeatInv run folder can be shared as it is
+        from featinv.report.card import write_model_card
+
+        write_model_card(run.out)
     run.accelerator.wait_for_everyone()
     _finish(run.accelerator, run.config)
     run.say(f"done: {run.step} steps; model saved in {run.out}")

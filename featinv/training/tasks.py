@@ -257,7 +257,8 @@ def _create_model(config: TrainConfig, device: torch.device) -> Any:
     try:
         return FeatInv.create(config.backbone, config.base, layer=config.layer, pooled=config.pooled,
                               encoder=config.encoder, encoder_kwargs=config.encoder_kwargs,
-                              backbone_weights=config.backbone_weights, input_size=config.input_size, device=device)
+                              backbone_weights=config.backbone_weights, input_size=config.input_size, device=device,
+                              resolution=config.resolution)
     except FeatinvError:
         # TrainConfig.check could not know the options if the encoder's factory imports its class only when
         # it builds one; it has now, so a bad option gets the one-line error listing the valid ones

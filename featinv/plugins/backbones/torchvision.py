@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featinv.errors import FeatinvError, closest
 from featinv.features.weights import (
+    WEIGHT_SUFFIXES,
     build_with_weights,
     offline_error,
     seeded,
@@ -16,6 +18,7 @@ from featinv.hookspecs import Register, hookimpl
 if TYPE_CHECKING:  # torch is imported when a backbone is built, so loading plugins (and --help) stays fast
     import torch
     from torch import Tensor, nn
+    from torchvision.models import WeightsEnum
 
     from featinv.features.backbone import Backbone, ModelKnowledge
 
@@ -55,10 +58,45 @@ def _torchvision_knowledge(model: nn.Module) -> ModelKnowledge:
     return ModelKnowledge(pre_pool=pre_pool)
 
 
+def _names_member(weights: str) -> bool:
+    """Whether ``weights`` names a weights enum member (not pretrained, none or a file)."""
+    return (weights not in ("pretrained", "none") and Path(weights).suffix.lower() not in WEIGHT_SUFFIXES
+            and not Path(weights).exists())
+
+
+def select_weights(model_name: str, weights: str) -> WeightsEnum | None:
+    """The torchvision weights enum member ``weights`` names for ``model_name`` (nothing is downloaded).
+
+    ``"pretrained"`` (and ``"none"`` or a file, for the preprocessing) is the builder's ``DEFAULT``, which
+    for ResNet50 is the newer ``IMAGENET1K_V2`` recipe; ``IMAGENET1K_V1`` (the paper's "original torchvision
+    weights") or any other member name of the builder's weights enum selects that member. ``None``: the
+    builder has no registered weights.
+    """
+    import torchvision.models as tvm
+
+    try:
+        enum = tvm.get_model_weights(model_name)
+    except Exception:  # a builder without registered weights
+        return None
+    if not _names_member(weights):
+        return enum.DEFAULT
+    names = [member.name for member in enum]
+    if weights in names:
+        return enum[weights]
+    if weights.upper() in names:
+        return enum[weights.upper()]
+    raise FeatinvError(f"torchvision:{model_name} has no weights {weights!r}; use pretrained, none, a local file or "
+                       f"one of {', '.join(names)}")
+
+
 def create_torchvision_backbone(model_name: str | None = None, layer: str | None = None,
                                 weights: str = "pretrained", input_size: int | None = None,
                                 device: str | torch.device = "cpu") -> Backbone:
-    """``torchvision:NAME`` -- a torchvision classifier; preprocessing from its weights' transforms."""
+    """``torchvision:NAME`` -- a torchvision classifier; preprocessing from its weights' transforms.
+
+    ``weights`` is pretrained (the builder's DEFAULT), none, a local file, or a weights enum member name such
+    as ``IMAGENET1K_V1`` (see :func:`select_weights`).
+    """
     import torch
     import torchvision.models as tvm
     from torchvision.models.vision_transformer import interpolate_embeddings
@@ -73,10 +111,10 @@ def create_torchvision_backbone(model_name: str | None = None, layer: str | None
         hints = closest(model_name, names, n=5)
         raise FeatinvError(f"unknown torchvision classifier {model_name!r}; "
                            + (f"did you mean {', '.join(hints)}?" if hints else "see torchvision.models.list_models()"))
-    try:
-        default_weights = tvm.get_model_weights(model_name).DEFAULT
-    except Exception:  # a builder without registered weights
-        default_weights = None
+    default_weights = select_weights(model_name, weights)
+    named = default_weights.name if default_weights is not None and _names_member(weights) else None
+    if named:
+        weights = "pretrained"  # a weights enum member: built like "pretrained", recorded by its name below
     is_vit = model_name.startswith("vit_")
     kwargs: dict[str, Any] = {"image_size": input_size} if is_vit and input_size else {}
 
@@ -99,6 +137,7 @@ def create_torchvision_backbone(model_name: str | None = None, layer: str | None
             raise offline_error(spec, exc, os.path.join(torch.hub.get_dir(), "checkpoints")) from None
 
     model, used = build_with_weights(spec, weights, random_init, pretrained)
+    used = named or used
     if default_weights is not None:
         transforms = default_weights.transforms()
         size = input_size or int(transforms.crop_size[0])
@@ -109,9 +148,6 @@ def create_torchvision_backbone(model_name: str | None = None, layer: str | None
         size = input_size or 224
         prep = Preprocessing((size, size), IMAGENET_MEAN, IMAGENET_STD, "bilinear")
     return Backbone(spec, model, layer, prep, _torchvision_knowledge(model), device=device, weights=used)
-
-
-@hookimpl
 
 
 @hookimpl

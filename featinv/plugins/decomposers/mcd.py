@@ -14,6 +14,9 @@ local relevance ``<f_c, w>`` per position (these sum to ``<f, w>``), and complet
 
 SSC needs an ``N x N`` self-representation, so it runs on at most ``max_samples`` vectors (a seeded
 random subsample); the remaining vectors are assigned to their closest subspace.
+
+``mcd-reference`` fits as the authors' MCD-XAI code does (tau 1, 25% outliers with a refit, a centred PCA
+basis per cluster with an estimated intrinsic dimension); ``mcd`` keeps featinv's earlier fitting.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from featinv.errors import FeatinvError
 from featinv.hookspecs import Register, hookimpl
 
 CLUSTERINGS = ("ssc", "kmeans")
+#: how a cluster becomes a subspace: "svd" (uncentred, energy threshold) or "pca" (the reference code's)
+BASES = ("svd", "pca")
 
 
 def elastic_net_self_representation(
@@ -72,15 +77,15 @@ def elastic_net_self_representation(
 
 def sparse_subspace_clustering(
     x: Tensor, n_clusters: int, gamma: float = 50.0, tau: float = 0.9, n_neighbors: int = 32,
-    outlier_fraction: float = 0.1, seed: int = 0, max_iter: int = 150,
+    outlier_fraction: float = 0.1, seed: int = 0, max_iter: int = 150, refit: bool = False,
 ) -> np.ndarray:
     """Cluster unit vectors ``x`` ``[n, C]`` into subspaces; outliers get label ``-1``.
 
     Outliers are the ``outlier_fraction`` of vectors with the largest l1 norm of their self-representation
     (a vector on no shared subspace needs many large coefficients). Spectral clustering then runs on the
-    affinity ``(|C| + |C|^T) / 2`` of the rest, with rows of ``C`` l2-normalised.
+    affinity ``(|C| + |C|^T) / 2`` of the rest, with rows of ``C`` l2-normalised; with ``refit`` (the
+    reference code's default) the self-representation is computed again on the inliers alone first.
     """
-    from scipy import sparse
     from sklearn.cluster import spectral_clustering
 
     n = x.shape[0]
@@ -96,15 +101,12 @@ def sparse_subspace_clustering(
             f"sparse subspace clustering kept only {int(inlier.sum())} of {n} vectors, too few for "
             f"{n_clusters} concepts; lower n_concepts, lower outlier_fraction or use clustering='kmeans'"
         )
-    rows = torch.arange(n)[:, None].expand_as(index)
-    values = coef.abs() / coef.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    keep = inlier[rows] & inlier[index] & (values > 0)
-    matrix = sparse.csr_matrix(
-        (values[keep].numpy(), (rows[keep].numpy(), index[keep].numpy())), shape=(n, n)
-    )
-    affinity = 0.5 * (matrix + matrix.T)
     kept = np.flatnonzero(inlier.numpy())
-    affinity = affinity[kept][:, kept]
+    if refit:
+        index, coef = elastic_net_self_representation(x[torch.from_numpy(kept)], gamma, tau, n_neighbors, max_iter)
+        affinity = _affinity(index, coef, torch.ones(len(kept), dtype=torch.bool))
+    else:
+        affinity = _affinity(index, coef, inlier)[kept][:, kept]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "graph is not fully connected": expected for separate subspaces
         labels_in = spectral_clustering(affinity, n_clusters=n_clusters, random_state=seed, assign_labels="kmeans")
@@ -113,12 +115,40 @@ def sparse_subspace_clustering(
     return labels
 
 
+def _affinity(index: Tensor, coef: Tensor, inlier: Tensor) -> Any:
+    """The symmetric sparse affinity ``(|C| + |C|^T) / 2`` between inliers (rows of ``C`` l2-normalised)."""
+    from scipy import sparse
+
+    n = index.shape[0]
+    rows = torch.arange(n)[:, None].expand_as(index)
+    values = coef.abs() / coef.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    keep = inlier[rows] & inlier[index] & (values > 0)
+    matrix = sparse.csr_matrix((values[keep].numpy(), (rows[keep].numpy(), index[keep].numpy())), shape=(n, n))
+    return 0.5 * (matrix + matrix.T)
+
+
 def subspace_basis(x: Tensor, threshold: float, max_dim: int) -> Tensor:
     """Orthonormal rows spanning ``x`` ``[n, C]``: the smallest number explaining ``threshold`` of its energy."""
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
     energy = s.pow(2).cumsum(0) / s.pow(2).sum().clamp_min(1e-30)
     dim = int((energy < threshold - 1e-12).sum()) + 1
     return vh[: max(1, min(dim, max_dim, vh.shape[0]))]
+
+
+def intrinsic_dimension(x: Tensor, alpha: float = 0.05) -> int:
+    """The reference's intrinsic dimension (scikit-dimension's ``lPCA``, Fukunaga-Olsen version): the number of
+    principal variances of the centred ``x`` above ``alpha`` times the largest."""
+    centred = x.double() - x.double().mean(0, keepdim=True)
+    variances = torch.linalg.svdvals(centred).pow(2)
+    return max(1, int((variances > alpha * variances[0]).sum())) if variances.numel() and variances[0] > 0 else 1
+
+
+def pca_basis(x: Tensor, alpha: float, max_dim: int) -> Tensor:
+    """The reference's concept basis: the leading principal directions of the *centred* cluster (sklearn's
+    ``PCA().components_``), as many as :func:`intrinsic_dimension` estimates."""
+    centred = x.double() - x.double().mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    return vh[: max(1, min(intrinsic_dimension(x, alpha), max_dim, vh.shape[0]))]
 
 
 class MCDDecomposer(Decomposer):
@@ -138,8 +168,15 @@ class MCDDecomposer(Decomposer):
         n_neighbors: int = 32,
         outlier_fraction: float = 0.1,
         seed: int = 0,
+        basis: str = "svd",
+        refit: bool = False,
+        id_alpha: float = 0.05,
     ) -> None:
         super().__init__(n_concepts, seed)
+        if basis not in BASES:
+            raise FeatinvError(f"unknown MCD basis {basis!r}; use one of {', '.join(BASES)}")
+        if not 0.0 < id_alpha < 1.0:
+            raise FeatinvError(f"id_alpha must be in (0, 1), got {id_alpha}")
         if clustering not in CLUSTERINGS:
             raise FeatinvError(f"unknown MCD clustering {clustering!r}; use one of {', '.join(CLUSTERINGS)}")
         if not 0.0 < variance_threshold <= 1.0:
@@ -162,6 +199,9 @@ class MCDDecomposer(Decomposer):
         self.tau = float(tau)
         self.n_neighbors = int(n_neighbors)
         self.outlier_fraction = float(outlier_fraction)
+        self.basis = basis
+        self.refit = bool(refit)
+        self.id_alpha = float(id_alpha)
         self.bases: list[Tensor] = []
         self._complement = torch.empty(0)
         self._operators = torch.empty(0)
@@ -172,7 +212,11 @@ class MCDDecomposer(Decomposer):
             **super().options(), "clustering": self.clustering, "variance_threshold": self.variance_threshold,
             "max_dim": self.max_dim, "max_samples": self.max_samples, "gamma": self.gamma, "tau": self.tau,
             "n_neighbors": self.n_neighbors, "outlier_fraction": self.outlier_fraction,
+            "basis": self.basis, "refit": self.refit, "id_alpha": self.id_alpha,
         }
+
+    def _default_max_dim(self, channels: int) -> int:
+        return max(1, channels // (self.n_concepts + 1))  # room for a residual complement by default
 
     def _min_samples(self) -> int:
         return 2 * self.n_concepts
@@ -199,7 +243,7 @@ class MCDDecomposer(Decomposer):
         else:
             sample = unit
         labels = self._cluster(sample)
-        max_dim = self.max_dim or max(1, c // (k + 1))  # room for a residual complement by default
+        max_dim = self.max_dim or self._default_max_dim(c)
         bases = []
         for concept in range(k):
             members = sample[torch.from_numpy(labels == concept)]
@@ -207,7 +251,10 @@ class MCDDecomposer(Decomposer):
                 raise FeatinvError(
                     f"clustering found fewer than {k} groups in {sample.shape[0]} feature vectors; lower n_concepts"
                 )
-            bases.append(subspace_basis(members, self.variance_threshold, max_dim))
+            if self.basis == "pca":
+                bases.append(pca_basis(members, self.id_alpha, max_dim))
+            else:
+                bases.append(subspace_basis(members, self.variance_threshold, max_dim))
         self._set_bases(bases)
         assigned = self.assign(unit)
         self._fractions = [float((assigned == i).double().mean()) for i in range(k)]
@@ -219,7 +266,7 @@ class MCDDecomposer(Decomposer):
             return KMeans(self.n_concepts, n_init=4, random_state=self.seed).fit(x.numpy()).labels_
         return sparse_subspace_clustering(
             x, self.n_concepts, gamma=self.gamma, tau=self.tau, n_neighbors=self.n_neighbors,
-            outlier_fraction=self.outlier_fraction, seed=self.seed,
+            outlier_fraction=self.outlier_fraction, seed=self.seed, refit=self.refit,
         )
 
     def _set_bases(self, bases: list[Tensor]) -> None:
@@ -290,6 +337,29 @@ class MCDDecomposer(Decomposer):
         self._fractions = [float(v) for v in tensors["cluster_fractions"]]
 
 
+class MCDReferenceDecomposer(MCDDecomposer):
+    """MCD fitted as the authors' MCD-XAI code fits it: pure-lasso self-representation (tau 1.0), the 25%
+    least representable vectors dropped and the representation refitted on the rest, and per cluster a
+    centred PCA basis with the intrinsic dimension of scikit-dimension's ``lPCA`` (alpha 0.05), uncapped.
+
+    Remaining differences from the reference: the self-representation is solved by FISTA on each vector's
+    ``n_neighbors`` most coherent vectors (the reference runs LARS over all of them) on at most
+    ``max_samples`` vectors; both keep every other option of :class:`MCDDecomposer`.
+    """
+
+    name = "mcd-reference"
+
+    def __init__(self, n_concepts: int = 5, tau: float = 1.0, outlier_fraction: float = 0.25, refit: bool = True,
+                 basis: str = "pca", max_dim: int | None = None, **options: Any) -> None:
+        super().__init__(n_concepts, tau=tau, outlier_fraction=outlier_fraction, refit=refit, basis=basis,
+                         max_dim=max_dim, **options)
+
+    def _default_max_dim(self, channels: int) -> int:
+        return channels  # the reference caps nothing
+
+
 @hookimpl
 def register_decomposers(register: Register) -> None:
     register("mcd", MCDDecomposer, description="multi-dimensional concept discovery: concepts as linear subspaces (SSC or k-means)")
+    register("mcd-reference", MCDReferenceDecomposer,
+             description="MCD fitted as the reference MCD-XAI code: tau 1, 25% outliers with refit, PCA + intrinsic dimension")
