@@ -168,11 +168,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         rows += _other_rows(args.json, rows)
         rows.sort(key=lambda row: (row["weight"], row["guidance"]))
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-    if args.md:
-        args.md.write_text(_table(results))
-    print(_table(results))
+    from common import write_results  # benchmarks/common.py (this script's folder is on sys.path)
+
+    write_results(results, _table, args.json, args.md)
     return results
 
 

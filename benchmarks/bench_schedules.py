@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     schedules = [parse_schedule(text) for text in args.schedules]
     if args.threads:
         torch.set_num_threads(args.threads)
-    from common import machine  # benchmarks/common.py, on sys.path above
+    from common import machine, write_results  # benchmarks/common.py, on sys.path above
 
     from featinv.apps.demo import _backbone, _held_out_crops
     from featinv.data import builtin_photos
@@ -155,12 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "guidance_scale": args.guidance if args.guidance is not None else model.guidance_scale,
                             "threads": torch.get_num_threads(), "device": args.device},
                "rows": rows}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-    if args.md:
-        args.md.write_text(table(results))
-    print(table(results))
+    write_results(results, table, args.json, args.md)
     return results
 
 

@@ -322,3 +322,15 @@ def arch_summary(arch: Arch) -> dict[str, Any]:
     out = asdict(arch)
     out["resolution"] = arch.resolution
     return out
+
+
+def write_results(results: dict[str, Any], table: Callable[[dict[str, Any]], str], json_path: Path | None,
+                  md_path: Path | None) -> None:
+    """Save a benchmark's results as JSON and its Markdown table (each only where a path is given), and print
+    the table: one way for every benchmark script, so their results files look alike."""
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=1) + "\n")
+    if md_path:
+        md_path.write_text(table(results))
+    print(table(results))
