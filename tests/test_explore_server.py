@@ -141,23 +141,24 @@ def gallery_images(page: Any, name: str) -> list[np.ndarray]:
     """The images a gallery shows, fetched from the server by their ``src`` and decoded (empty until loaded)."""
     from selenium.webdriver.common.by import By
 
-    sources = []
-    for element in page.find_elements(By.CSS_SELECTOR, f"#{name}-gallery img"):
-        source = element.get_attribute("src")
-        if source and source.startswith("http") and source not in sources:
-            sources.append(source)
-    pictures = []
-    for source in sources:
+    sources = [e.get_attribute("src") or "" for e in page.find_elements(By.CSS_SELECTOR, f"#{name}-gallery img")]
+    decoded: dict[str, np.ndarray] = {}  # identical images share one URL (Gradio names files by content)
+    for source in dict.fromkeys(s for s in sources if s.startswith("http")):
         with urllib.request.urlopen(source, timeout=30) as answer, Image.open(io.BytesIO(answer.read())) as image:
-            pictures.append(np.asarray(image.convert("RGB"), dtype=np.float32))
-    return pictures
+            decoded[source] = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return [decoded[s] for s in sources if s in decoded]
 
 
 def wait_for_images(page: Any, name: str, count: int, timeout: float, caption: str) -> list[np.ndarray]:
     """Wait until the page shows ``caption`` and the gallery ``count`` images; returns them decoded."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(page, timeout, poll_frequency=0.25).until(lambda p: caption in p.find_element("tag name", "body").text)
+    try:
+        WebDriverWait(page, timeout, poll_frequency=0.25).until(lambda p: caption in p.find_element("tag name", "body").text)
+    except TimeoutException:
+        text = page.find_element("tag name", "body").text
+        raise AssertionError(f"no {caption!r} after {timeout} s; the page says: ...{text[-1500:]}") from None
     return WebDriverWait(page, 60, poll_frequency=0.25).until(
         lambda p: (found := gallery_images(p, name)) and len(found) >= count and found)
 
@@ -180,6 +181,7 @@ def test_a_user_reconstructs_steers_and_clicks_grid_cells_in_headless_chromium(s
     """Selenium drives the real page: pick an example, click Reconstruct, wait for the images; drag concept 0's
     slider down (its release steers), wait for the steered images; none blank. Then in Compose click two
     feature-grid cells on A's picture and compose that region."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -204,17 +206,22 @@ def test_a_user_reconstructs_steers_and_clicks_grid_cells_in_headless_chromium(s
         ActionChains(page).move_to_element(slider).click_and_hold().move_by_offset(-int(width * 0.375), 0).release().perform()
         value = float(slider.get_attribute("value"))
         assert 0 < value < 1, value
-        steered = wait_for_images(page, "steer", 9, 180, f"concept 0 x{value:g}")
+        page.find_element(By.ID, "steer-button").click()  # the slider's release may have asked already: then cached
+        steered = wait_for_images(page, "steer", 9, 300, f"concept 0 x{value:g}")
         assert len(steered) == 9 and min(p.std() for p in steered) > 1, [p.std() for p in steered]
         _save_screenshot(page, screenshot_path(tmp_path, "explore.png"))
 
         open_tab(page, "Compose")
         grid = WebDriverWait(page, 30).until(lambda p: p.find_element(By.CSS_SELECTOR, "#compose-grid img"))
         rows, columns = model.backbone.info.grid
-        for column, row in ((0, 0), (1, 1)):
-            click_cell(page, grid, column, row, (rows, columns))
         cells = page.find_element(By.CSS_SELECTOR, "#compose-cells textarea, #compose-cells input")
-        WebDriverWait(page, 30).until(lambda p: cells.get_attribute("value") == "0,0,2,2")
+        for column, row, region in ((0, 0, "0,0,1,1"), (1, 1, "0,0,2,2"), (1, 1, "0,0,1,1"), (1, 1, "0,0,2,2")):
+            click_cell(page, grid, column, row, (rows, columns))  # each click toggles a cell; the box follows
+            try:
+                WebDriverWait(page, 60, poll_frequency=0.25).until(lambda p, r=region: cells.get_attribute("value") == r)
+            except TimeoutException:
+                raise AssertionError(f"clicking cell {column},{row} left {cells.get_attribute('value')!r}, not "
+                                     f"{region!r}") from None
         page.find_element(By.ID, "compose-button").click()
         composed = wait_for_images(page, "compose", 5, 120, "region cells x0,y0,x1,y1 = [0, 0, 2, 2]")
         assert min(p.std() for p in composed) > 1
@@ -228,10 +235,12 @@ def choose_example(page: Any, label: str, name: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    box = page.find_element(By.CSS_SELECTOR, f"input[aria-label='{label}']")
+    box = next(b for b in page.find_elements(By.CSS_SELECTOR, f"input[aria-label='{label}']") if b.is_displayed())
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
     box.click()
     option = WebDriverWait(page, 30).until(
-        lambda p: next((o for o in p.find_elements(By.CSS_SELECTOR, "ul.options li") if o.text.strip() == name), None))
+        lambda p: next((o for o in p.find_elements(By.CSS_SELECTOR, f"li[role=option][aria-label='{name}']")
+                        if o.is_displayed()), None))
     option.click()
     WebDriverWait(page, 30).until(lambda p: box.get_attribute("value") == name)
 
