@@ -232,12 +232,15 @@ def test_a_user_reconstructs_steers_and_clicks_grid_cells_in_headless_chromium(s
 
 def choose_example(page: Any, label: str, name: str) -> None:
     """Pick ``name`` in the example dropdown labelled ``label`` (a Gradio dropdown: type, then click the option)."""
+    from selenium.common.exceptions import ElementClickInterceptedException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     box = next(b for b in page.find_elements(By.CSS_SELECTOR, f"input[aria-label='{label}']") if b.is_displayed())
     page.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
-    box.click()
+    # a busy server covers the box with Gradio's translucent status overlay: retry the click until it is gone
+    WebDriverWait(page, 120, poll_frequency=0.5, ignored_exceptions=[ElementClickInterceptedException]).until(
+        lambda _page: box.click() or True)
     option = WebDriverWait(page, 30).until(
         lambda p: next((o for o in p.find_elements(By.CSS_SELECTOR, f"li[role=option][aria-label='{name}']")
                         if o.is_displayed()), None))
