@@ -54,6 +54,7 @@ def flop_rows(counts: list[FlopCount], repeat: dict[str, int], units: int, unit:
     for count in counts:
         times = next((n for key, n in repeat.items() if count.what.startswith(key)), 1)
         value = "not counted: " + count.note if count.flops is None else format_flops(count.flops)
+        value += f" ({count.note})" if count.note and count.flops is not None else ""
         parts.append(f"{times} × {count.what} {value}" if times != 1 else f"{count.what} {value}")
     per_unit = total(counts, repeat)
     total_flops = None if per_unit is None else per_unit * units

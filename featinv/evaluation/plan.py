@@ -49,7 +49,9 @@ def evaluation_plan(run: str | os.PathLike[str], data: DataArg, out: str | os.Pa
             ("steps", str(steps)), ("scheduler", scheduler),
             ("guidance", f"{guidance:g}" + (" (the run's default)" if guidance_scale is None else "")),
             ("feature guidance", steering.describe() if steering.active else "off"),
-            ("control", show(paper)), ("batch size", str(batch_size)),
+            ("resize mode", resize_mode),
+            ("control", show({k: v for k, v in paper.items() if k != "resize_mode"} or "default")),
+            ("batch size", str(batch_size)),
             ("evaluate with", show(list(evaluate_with))), ("FID space", fid), ("device", device),
             ("output folder", f"{out} (not created by a dry run)" if out is not None else "- (in memory)")]
     notes = tuple(note for active, note in (
