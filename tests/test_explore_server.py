@@ -3,8 +3,13 @@ Python API's images, bad uploads are messages in the page, and headless Chromium
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
 import socket
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,51 +112,157 @@ def test_bad_input_is_a_message_in_the_page(served, client, tmp_path):
     assert gallery == [] and "leaves the" in note
 
 
-#: the standard deviation of each loaded image's pixels in a gallery (0 for a blank image)
-GALLERY_SPREAD = """(() => [...document.querySelectorAll('#NAME-gallery img')]
-  .filter(img => img.complete && img.naturalWidth > 0).map(img => {
-    const canvas = document.createElement('canvas');
-    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
-    const context = canvas.getContext('2d'); context.drawImage(img, 0, 0);
-    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
-    let sum = 0, squares = 0;
-    for (let k = 0; k < data.length; k++) { if (k % 4 !== 3) { sum += data[k]; squares += data[k] * data[k]; } }
-    const n = data.length * 3 / 4, mean = sum / n;
-    return Math.sqrt(Math.max(squares / n - mean * mean, 0));
-  }))()"""
-MOVE_SLIDER = """(() => { const slider = document.querySelector('#concept-0-slider input[type=range]');
-  Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(slider, '0.25');
-  slider.dispatchEvent(new Event('input', {bubbles: true})); return slider.value; })()"""
+def chrome(tmp_path: Path) -> Any:
+    """Headless Debian Chromium under Selenium, with the chromedriver found on PATH (so Selenium Manager never
+    looks for one online); skips with one line when either is missing."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.skip("no chromium/chromedriver on PATH (Debian: apt-get install chromium chromium-driver); "
+                    ".ci/run installs them")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+                 f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    if os.geteuid() == 0:
+        options.add_argument("--no-sandbox")
+    service = Service(executable_path=driver, log_output=str(tmp_path / "chromedriver.log"))
+    return webdriver.Chrome(options=options, service=service)
 
 
-def test_a_user_reconstructs_and_steers_in_headless_chromium(served, tmp_path):
-    """Open the page, click Reconstruct on the example shown, wait for the images; open Steer concepts, move
-    concept 0's slider to 0.25, click Steer, wait for the steered images; all shown and none blank."""
-    from tests.chromium import Chromium, find_chromium
+WINDOW = (1280, 1200)
 
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("no Chromium found (Debian: apt-get install chromium); .ci/run installs it")
-    with Chromium(binary, tmp_path / "profile") as page:
-        page.open(served[2])
-        page.wait_for("!!document.getElementById('reconstruct-button')", what="the page to load")
-        text = page.evaluate("document.body.innerText")
+
+def gallery_images(page: Any, name: str) -> list[np.ndarray]:
+    """The images a gallery shows, fetched from the server by their ``src`` and decoded (empty until loaded)."""
+    from selenium.webdriver.common.by import By
+
+    sources = [e.get_attribute("src") or "" for e in page.find_elements(By.CSS_SELECTOR, f"#{name}-gallery img")]
+    decoded: dict[str, np.ndarray] = {}  # identical images share one URL (Gradio names files by content)
+    for source in dict.fromkeys(s for s in sources if s.startswith("http")):
+        with urllib.request.urlopen(source, timeout=30) as answer, Image.open(io.BytesIO(answer.read())) as image:
+            decoded[source] = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return [decoded[s] for s in sources if s in decoded]
+
+
+def wait_for_images(page: Any, name: str, count: int, timeout: float, caption: str) -> list[np.ndarray]:
+    """Wait until the page shows ``caption`` and the gallery ``count`` images; returns them decoded."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(page, timeout, poll_frequency=0.25).until(lambda p: caption in p.find_element("tag name", "body").text)
+    except TimeoutException:
+        text = page.find_element("tag name", "body").text
+        raise AssertionError(f"no {caption!r} after {timeout} s; the page says: ...{text[-1500:]}") from None
+    return WebDriverWait(page, 60, poll_frequency=0.25).until(
+        lambda p: (found := gallery_images(p, name)) and len(found) >= count and found)
+
+
+def screenshot_path(tmp_path: Path, name: str) -> Path:
+    """Where a screenshot goes: the docs' image (docs/img/) only with FEATINV_UPDATE_SCREENSHOT=1, else tmp_path,
+    so a test run never writes into the checkout."""
+    if os.environ.get("FEATINV_UPDATE_SCREENSHOT") == "1":
+        return Path(__file__).resolve().parents[1] / "docs" / "img" / name
+    return tmp_path / name
+
+
+def open_tab(page: Any, label: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    next(b for b in page.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text.strip() == label).click()
+
+
+def test_a_user_reconstructs_steers_and_clicks_grid_cells_in_headless_chromium(served, tmp_path):
+    """Selenium drives the real page: pick an example, click Reconstruct, wait for the images; drag concept 0's
+    slider down (its release steers), wait for the steered images; none blank. Then in Compose click two
+    feature-grid cells on A's picture and compose that region."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    explorer, model, url, _ = served
+    page = chrome(tmp_path)
+    try:
+        page.get(url)
+        WebDriverWait(page, 60).until(lambda p: p.find_elements(By.ID, "reconstruct-button"))
+        text = page.find_element(By.TAG_NAME, "body").text
         assert all(panel in text for panel in PANELS), text[:500]
-        page.evaluate("document.getElementById('reconstruct-button').click()")
-        page.wait_for("document.body.innerText.includes('run1 seed 1, cos')", 120, "the reconstructions")
-        spread = page.wait_for(GALLERY_SPREAD.replace("NAME", "reconstruct") + ".length === 5 && "
-                               + GALLERY_SPREAD.replace("NAME", "reconstruct"), what="the 5 images to load")
-        assert min(spread) > 1, f"a blank image among the reconstructions: {spread}"
-        page.evaluate("[...document.querySelectorAll('button[role=tab]')].find(b => b.textContent.trim() === "
-                      "'Steer concepts').click()")
-        page.wait_for("!!document.querySelector('#concept-0-slider input[type=range]')", what="the Steer panel")
-        assert page.evaluate(MOVE_SLIDER) == "0.25"
-        page.evaluate("document.getElementById('steer-button').click()")
-        page.wait_for("document.body.innerText.includes('concept 0 x0.25')", 180, "the steered reconstruction")
-        spread = page.wait_for(GALLERY_SPREAD.replace("NAME", "steer") + ".length === 9 && "
-                               + GALLERY_SPREAD.replace("NAME", "steer"), what="the 9 steering images to load")
-        assert min(spread) > 1, f"a blank image among the steering panels: {spread}"
-        shot = page.screenshot(tmp_path / "explore.png")
-    with Image.open(shot) as image:
+        choose_example(page, "image: example", "ramp.png")
+        page.find_element(By.ID, "reconstruct-button").click()
+        shown = wait_for_images(page, "reconstruct", 5, 120, "run1 seed 1, cos")
+        assert len(shown) == 5 and min(p.std() for p in shown) > 1, [p.std() for p in shown]
+        assert "ramp.png" in page.find_element(By.TAG_NAME, "body").text
+
+        open_tab(page, "Steer concepts")
+        slider = WebDriverWait(page, 30).until(
+            lambda p: p.find_element(By.CSS_SELECTOR, "#concept-0-slider input[type=range]"))
+        width = slider.size["width"]
+        ActionChains(page).move_to_element(slider).click_and_hold().move_by_offset(-int(width * 0.375), 0).release().perform()
+        value = float(slider.get_attribute("value"))
+        assert 0 < value < 1, value
+        page.find_element(By.ID, "steer-button").click()  # the slider's release may have asked already: then cached
+        steered = wait_for_images(page, "steer", 9, 300, f"concept 0 x{value:g}")
+        assert len(steered) == 9 and min(p.std() for p in steered) > 1, [p.std() for p in steered]
+        _save_screenshot(page, screenshot_path(tmp_path, "explore.png"))
+
+        open_tab(page, "Compose")
+        grid = WebDriverWait(page, 30).until(lambda p: p.find_element(By.CSS_SELECTOR, "#compose-grid img"))
+        rows, columns = model.backbone.info.grid
+        cells = page.find_element(By.CSS_SELECTOR, "#compose-cells textarea, #compose-cells input")
+        for column, row, region in ((0, 0, "0,0,1,1"), (1, 1, "0,0,2,2"), (1, 1, "0,0,1,1"), (1, 1, "0,0,2,2")):
+            click_cell(page, grid, column, row, (rows, columns))  # each click toggles a cell; the box follows
+            try:
+                WebDriverWait(page, 60, poll_frequency=0.25).until(lambda p, r=region: cells.get_attribute("value") == r)
+            except TimeoutException:
+                raise AssertionError(f"clicking cell {column},{row} left {cells.get_attribute('value')!r}, not "
+                                     f"{region!r}") from None
+        page.find_element(By.ID, "compose-button").click()
+        composed = wait_for_images(page, "compose", 5, 120, "region cells x0,y0,x1,y1 = [0, 0, 2, 2]")
+        assert min(p.std() for p in composed) > 1
+        _save_screenshot(page, screenshot_path(tmp_path, "explore-compose.png"))
+    finally:
+        page.quit()
+
+
+def choose_example(page: Any, label: str, name: str) -> None:
+    """Pick ``name`` in the example dropdown labelled ``label`` (a Gradio dropdown: type, then click the option)."""
+    from selenium.common.exceptions import ElementClickInterceptedException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    box = next(b for b in page.find_elements(By.CSS_SELECTOR, f"input[aria-label='{label}']") if b.is_displayed())
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
+    # a busy server covers the box with Gradio's translucent status overlay: retry the click until it is gone
+    WebDriverWait(page, 120, poll_frequency=0.5, ignored_exceptions=[ElementClickInterceptedException]).until(
+        lambda _page: box.click() or True)
+    option = WebDriverWait(page, 30).until(
+        lambda p: next((o for o in p.find_elements(By.CSS_SELECTOR, f"li[role=option][aria-label='{name}']")
+                        if o.is_displayed()), None))
+    option.click()
+    WebDriverWait(page, 30).until(lambda p: box.get_attribute("value") == name)
+
+
+def click_cell(page: Any, picture: Any, column: int, row: int, grid: tuple[int, int]) -> None:
+    """A real mouse click on the centre of cell (column, row) of the grid picture (offsets from its centre)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    width, height = picture.size["width"], picture.size["height"]
+    rows, columns = grid
+    x = (column + 0.5) * width / columns - width / 2
+    y = (row + 0.5) * height / rows - height / 2
+    ActionChains(page).move_to_element_with_offset(picture, int(x), int(y)).click().perform()
+
+
+def _save_screenshot(page: Any, path: Path) -> None:
+    """The viewport as PNG: asserted to be a real page (not blank) before it is kept."""
+    png = page.get_screenshot_as_png()
+    with Image.open(io.BytesIO(png)) as image:
         pixels = np.asarray(image.convert("L"), dtype=np.float32)
-    assert pixels.shape == (1200, 1280) and pixels.std() > 10
+    assert min(pixels.shape) > 500 and pixels.std() > 10, (pixels.shape, pixels.std())
+    path.write_bytes(png)

@@ -52,6 +52,7 @@ from featinv.apps.demo_stages import (
     _featinv_job,
     _guided_evaluation,
     _held_out_crops,
+    _photo_named,
     _side_by_side,
     _timed,
     _train_base,
@@ -134,7 +135,7 @@ def _analysis_stage(out: Path, backbone: Any, unpooled: Any, photo_images: list[
     decomposer = fit_concepts(backbone, data=concept_crops, method="mcd", n_concepts=settings.n_concepts,
                               out=out / "concepts", seed=settings.seed, progress=not quiet)
     common = {"steps": settings.sample_steps, "seed": settings.seed, "progress": not quiet}
-    image_a, image_b = held_out[0][1], held_out[1][1]
+    image_a, image_b = _photo_named(held_out[0]), _photo_named(held_out[1])  # (name, crop): figures say which photo
     warnings.simplefilter("ignore", FeatureShiftWarning)  # collected in each result's .warnings, shown in the report
     steering = steer_concepts(unpooled, decomposer, [image_a], out / "analyses" / "steering",
                               n=settings.steering_pairs, **common)

@@ -67,6 +67,13 @@ def _held_out_crops(photos: list[tuple[str, Image.Image]], n: int, seed: int) ->
     return [(f"heldout/{i:02d}-{photos[i % len(photos)][0]}", crop) for i, crop in enumerate(crops)]
 
 
+def _photo_named(crop: tuple[str, Image.Image]) -> tuple[str, Image.Image]:
+    """A held-out crop named after the photograph it was cut from (``heldout/00-skimage.astronaut`` ->
+    ``skimage.astronaut``), so the analyses' figures and files say which photographs they show."""
+    name, image = crop
+    return name.split("-", 1)[1] if name.startswith("heldout/") else name, image
+
+
 def _complete(run_dir: Path) -> bool:
     """Whether a training folder finished (then the demo reuses it instead of training again)."""
     state = run_dir / "train_state.json"

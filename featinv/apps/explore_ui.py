@@ -186,13 +186,17 @@ def _compose_tab(gr: Any, explorer: Explorer, settings: list[Any], run: Any) -> 
         with gr.Row():
             example_a, image_a = _image_picker(gr, explorer, "A")
             example_b, image_b = _image_picker(gr, explorer, "B", default_index=1)
-        grid = "x".join(map(str, explorer.models[explorer.analysis_run()].backbone.info.grid))
+        grid = explorer.models[explorer.analysis_run()].backbone.info.grid
         with gr.Row():
-            preset = gr.Dropdown(list(REGIONS), value="top-left", label="region of A that takes B's features")
-            cells = gr.Textbox(label=f"or feature-grid cells x0,y0,x1,y1 (grid {grid}; end exclusive)",
-                               placeholder="e.g. 0,0,1,1")
+            picker = _cell_picker(gr, explorer, image_a, grid)
+            with gr.Column():
+                preset = gr.Dropdown(list(REGIONS), value="top-left", label="region of A that takes B's features")
+                cells = gr.Textbox(label=f"or feature-grid cells x0,y0,x1,y1 (grid {grid[0]}x{grid[1]}; end exclusive; "
+                                   "clicking cells on the left fills this in)", placeholder="e.g. 0,0,1,1",
+                                   elem_id="compose-cells")
         button = gr.Button("Compose", variant="primary", elem_id="compose-button")
         gallery, note = _outputs(gr, "A, A reconstructed, composed (region outlined), B reconstructed, B", "compose")
+        picker(cells)
 
         def compose(name_a: str | None, path_a: str | None, name_b: str | None, path_b: str | None, region: str,
                     cell_text: str, run_name: str, *values: Any) -> ExploreResult:
@@ -202,6 +206,50 @@ def _compose_tab(gr: Any, explorer: Explorer, settings: list[Any], run: Any) -> 
 
         button.click(_guarded(compose), [example_a, image_a, example_b, image_b, preset, cells, run, *settings],
                      [gallery, note], api_name="compose")
+
+
+def _cell_picker(gr: Any, explorer: Explorer, image_a: Any, grid: tuple[int, int]) -> Callable[[Any], None]:
+    """Image A with the feature grid drawn; a click toggles a cell (see :mod:`featinv.apps.explore_grid`).
+
+    Returns a function that wires the picture to the cells text box once that exists: the box holds the
+    rectangle covering the clicked cells, so typing cells and choosing presets keep working as before.
+    """
+    from featinv.analyses.figures import display_image
+    from featinv.apps.explore_grid import GRID_PICTURE_SIZE, cell_at, cells_region, grid_picture, toggle_cell
+
+    aspect = tuple(int(v) for v in explorer.models[explorer.analysis_run()].backbone.info.input_size)
+
+    def base(path: str | None) -> Any:
+        return display_image(explorer.open_upload(path), GRID_PICTURE_SIZE, aspect)
+
+    first = image_a.value["path"] if isinstance(image_a.value, dict) else image_a.value
+    chosen = gr.State([])
+    picture = gr.Image(value=grid_picture(base(first), grid) if first else None, type="numpy", format="png",
+                       interactive=False, label="A's feature grid: click cells to choose the region",
+                       height=GRID_PICTURE_SIZE, elem_id="compose-grid", buttons=[])
+
+    def redraw(path: str | None) -> tuple[Any, list[Any], str]:
+        try:
+            return grid_picture(base(path), grid), [], ""
+        except FeatinvError:
+            return None, [], ""
+
+    def clicked(path: str | None, cells: list[Any], evt: Any) -> tuple[Any, list[Any], str]:
+        try:
+            shown = base(path)
+        except FeatinvError:
+            return gr.skip(), cells, gr.skip()
+        x, y = evt.index[:2]
+        cells = toggle_cell(cells, cell_at(x, y, (shown.shape[1], shown.shape[0]), grid))
+        return grid_picture(shown, grid, cells), cells, cells_region(cells)
+
+    clicked.__annotations__ = {"evt": gr.SelectData}  # how Gradio knows to pass the click (no string annotation)
+
+    def wire(cells_box: Any) -> None:
+        image_a.change(redraw, image_a, [picture, chosen, cells_box], api_name=False)
+        picture.select(clicked, [image_a, chosen], [picture, chosen, cells_box], api_name=False)
+
+    return wire
 
 
 def _interpolate_tab(gr: Any, explorer: Explorer, settings: list[Any], run: Any) -> None:

@@ -208,6 +208,10 @@ class Explorer:
             self._cache.popitem(last=False)
         return value, False
 
+    def clear_cache(self) -> None:
+        """Forget every cached answer and sample (the benchmark times cold requests this way)."""
+        self._cache.clear()
+
     def _answer(self, kind: str, key: tuple[Any, ...], settings: ExploreSettings,
                 compute: Callable[[], tuple[str, list[list[Panel]], list[str]]]) -> ExploreResult:
         """Run ``compute`` (title, rows, notes) timed, with shift warnings collected; cached per request."""
