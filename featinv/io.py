@@ -1,4 +1,8 @@
-"""Atomic file output: every file featinv writes appears whole or not at all (temp file + rename)."""
+"""Atomic file output: every file featinv writes appears whole or not at all (temp file + rename).
+
+(Just over 400 lines: atomic files, atomic folder swaps, the temp-leftover cleaning and the folder lock share
+one temp-name and marker convention, kept in one module so they cannot drift apart.)
+"""
 
 from __future__ import annotations
 
