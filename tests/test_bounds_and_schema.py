@@ -178,6 +178,21 @@ def test_wrong_shaped_prompt_table_is_one_line(assets, tmp_path):
 
 # ------------------------------------------------------------------------------------------ full disk
 
+def _assert_full_disk_left_the_first_checkpoint(args: list, out: Path, capsys) -> None:
+    """The training command fails with the full-disk line, and the run is honest: status failed, the first
+    checkpoint whole (its checksum holds), no half second checkpoint, no temp leftovers."""
+    from featinv.training.checkpoint import WEIGHTS_FILE
+
+    err = _one_line_error(args, capsys)
+    assert "the disk is full" in err and "free some space" in err
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["status"] == "failed" and "No space left" in state["error"]
+    assert Path(state["checkpoint"]).name == "step-00000001"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001"]  # no half checkpoint
+    assert load_safetensors(out / "checkpoints" / "step-00000001" / WEIGHTS_FILE)
+    assert not [p for p in out.rglob(".*") if ".tmp" in p.name]
+
+
 def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(assets, tmp_path, capsys, monkeypatch):
     import featinv.training.checkpoint as checkpoint
 
@@ -196,13 +211,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(assets,
         return real_save(obj, path, *a, **k)
 
     monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_fills)
-    err = _one_line_error(args, capsys)
-    assert "the disk is full" in err and "free some space" in err
-    state = json.loads((out / "train_state.json").read_text())
-    assert state["status"] == "failed" and "No space left" in state["error"]
-    assert Path(state["checkpoint"]).name == "step-00000001"
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001"]  # no half checkpoint
-    assert not [p for p in out.rglob(".*") if ".tmp" in p.name]
+    _assert_full_disk_left_the_first_checkpoint(args, out, capsys)
 
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     main([str(a) for a in args])
@@ -239,22 +248,13 @@ def _resize(disk: Path, size: str) -> None:
 #: one fails in its weights (42m) or in its optimizer state (56m)
 @pytest.mark.parametrize("size", ["42m", "56m"], ids=["full-in-weights", "full-in-optimizer-state"])
 def test_a_real_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(assets, small_disk, size, capsys):
-    from featinv.training.checkpoint import WEIGHTS_FILE
-
     _resize(small_disk, size)
     out = small_disk / "train"
     args = ["train", "--data", assets["images"], "--out", out, "--backbone", TINY_BACKBONE, "--weights", "none",
             "--input-size", "64", "--layer", "blocks.4", "--base", f"pixel:{assets['base']}", "--max-steps", "2",
             "--batch-size", "2", "--checkpoint-every", "1", "--log-every", "1", "--num-workers", "0",
             "--val-steps", "1", "--quiet", "--resume"]
-    err = _one_line_error(args, capsys)
-    assert "the disk is full" in err and "free some space" in err
-    state = json.loads((out / "train_state.json").read_text())
-    assert state["status"] == "failed" and "No space left" in state["error"]
-    assert Path(state["checkpoint"]).name == "step-00000001"
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001"]  # no half checkpoint
-    assert load_safetensors(out / "checkpoints" / "step-00000001" / WEIGHTS_FILE)  # whole: its checksum holds
-    assert not [p for p in out.rglob(".*") if ".tmp" in p.name]
+    _assert_full_disk_left_the_first_checkpoint(args, out, capsys)
 
     _resize(small_disk, "200m")  # space freed: the same command resumes from step 1 and finishes
     main([str(a) for a in args])
