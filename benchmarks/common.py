@@ -24,7 +24,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,24 +182,9 @@ def random_latents(model: Any, n: int) -> torch.Tensor:
     return torch.randn(n, base.latent_channels, base.latent_size, base.latent_size, device=model.device)
 
 
-@contextlib.contextmanager
-def counting_flops() -> Iterator[Any]:
-    """``FlopCounterMode`` with attention forced onto the math path, so attention is counted on every device
-    (the CPU's fused SDPA kernel has no FLOP formula and would count as 0; the math path's two matmuls give
-    the same 4·b·h·s²·d as the GPU kernels' formulas)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        yield counter
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """Floating-point operations (multiply and add counted separately) of one call of ``fn``."""
-    with counting_flops() as counter:
-        fn()
-    return int(counter.get_total_flops())
-
+# counting_flops / count_flops: the package's counter (attention on the math path), so the benchmarks and the
+# dry runs' estimates count alike
+from featinv.diffusion.flops import count_flops, counting_flops  # noqa: E402,F401
 
 # ---- machine and card -----------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Named setups (``--preset paper:convnext``): the paper's backbone, weights, sizes, optimiser and evaluation in one word.
 
-A :class:`Preset` is plain data. :meth:`Preset.train_settings` gives ``TrainConfig`` fields and
-:meth:`Preset.eval_settings` keyword arguments of ``featinv.evaluate``; explicit values always win
+A :class:`Preset` is plain data. :meth:`Preset.train_settings` gives ``TrainConfig`` fields,
+:meth:`Preset.eval_settings` keyword arguments of ``featinv.evaluate`` and :attr:`Preset.decomposer` the concept
+decomposer of ``featinv concepts fit --preset``; explicit values always win
 (``TrainConfig.from_preset(name, lr=2e-5)``, or a flag given on the command line). The built-ins reproduce
 the paper (arXiv 2505.21032, Sec. 2 and 4 and supplementary Table 3; the authors trained with PyTorch
 Lightning in fp32 without gradient clipping). Plugins add presets with a ``register_presets`` hook, or a
@@ -54,6 +55,7 @@ class Preset:
     per_class: int = 10
     resize_mode: str = "bilinear"        # reconstructions (256 px) to the backbone input, as the paper resizes
     evaluate_with: tuple[str, ...] = ()  # Table 2: the other models, as presets (each at its own size and weights)
+    decomposer: str = "mcd"              # `featinv concepts fit --preset`: the concept decomposer (paper: the reference MCD)
 
     def train_settings(self) -> dict[str, Any]:
         """``TrainConfig`` field values (the preset's name included, so the run config records it)."""
@@ -85,7 +87,8 @@ def _show(value: Any) -> str:
 def _paper(model: str, backbone: str, layer: str, input_size: int, weights: str = "pretrained") -> list[Preset]:
     """The unpooled and pooled presets of one of the paper's three backbones."""
     others = tuple(f"paper:{m}" for m in ("resnet50", "convnext", "swinv2") if m != model)
-    common = dict(backbone=backbone, layer=layer, input_size=input_size, weights=weights, evaluate_with=others)
+    common = dict(backbone=backbone, layer=layer, input_size=input_size, weights=weights, evaluate_with=others,
+                  decomposer="mcd-reference")  # MCD fitted as the authors' MCD-XAI code fits it
     return [
         Preset(name=f"paper:{model}", guidance_scale=1.75, description=f"the paper's unpooled {model} model", **common),
         Preset(name=f"paper:{model}-pooled", pooled=True, guidance_scale=8.0,

@@ -176,3 +176,57 @@ def test_model_card_lists_the_model_the_training_and_labelled_metrics(tmp_path) 
     assert "2048×7×7" in card and "IMAGENET1K_V1" in card and "`paper:resnet50`" in card
     assert "| val | 10 | 0.410 | 0.390 | 87.0% | 63.0% |" in card
     assert "median of all superpixels" in card
+
+
+# ------------------------------------------------------------------------------- the preset's decomposer
+def _capture_decomposer(monkeypatch) -> list[str]:
+    """Make ``fit_concepts`` stop at the decomposer it chose (no features extracted)."""
+    import featinv.concepts.fit as fit
+
+    chosen: list[str] = []
+
+    def stop(method, **_):
+        chosen.append(method)
+        raise FeatinvError("stop after choosing the decomposer")
+
+    monkeypatch.setattr(fit, "create_decomposer", stop)
+    return chosen
+
+
+def test_paper_presets_fit_concepts_with_the_reference_mcd(monkeypatch) -> None:
+    assert {presets.get(name).decomposer for name in presets.names() if name.startswith("paper:")} == {"mcd-reference"}
+    assert presets.Preset(name="x", description="x", backbone=TINY_BACKBONE).decomposer == "mcd"
+    assert ("decomposer", "mcd-reference") in presets.get("paper:convnext").rows()
+    from featinv.concepts.fit import fit_concepts
+
+    chosen = _capture_decomposer(monkeypatch)
+    for kwargs in ({"preset": "paper:convnext"}, {"preset": "paper:convnext", "method": "nmf"}, {}):
+        with pytest.raises(FeatinvError, match="stop after"):
+            fit_concepts(TINY_BACKBONE, data="unused", **kwargs)
+    assert chosen == ["mcd-reference", "nmf", "mcd"]
+    with pytest.raises(FeatinvError, match="unknown preset"):
+        fit_concepts(TINY_BACKBONE, data="unused", method="mcd", preset="paper:nope")
+
+
+def test_concepts_fit_cli_takes_the_preset_decomposer_unless_given(monkeypatch, tmp_path, capsys) -> None:
+    chosen = _capture_decomposer(monkeypatch)
+    args = ["concepts", "fit", "--backbone", TINY_BACKBONE, "--data", str(tmp_path), "--out", str(tmp_path / "c")]
+    assert _cli([*args, "--preset", "paper:swinv2"]) == 2
+    assert _cli([*args, "--preset", "paper:swinv2", "--decomposer", "sae"]) == 2
+    assert chosen == ["mcd-reference", "sae"]
+    capsys.readouterr()
+    assert _cli([*args, "--preset", "paper:nope"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "unknown preset 'paper:nope'" in error and len(error.splitlines()) == 1
+    assert _cli(["presets", "paper:resnet50"]) == 0 and "mcd-reference" in capsys.readouterr().out
+
+
+def test_concepts_folder_records_the_preset(assets, tmp_path) -> None:
+    from featinv.concepts.base import load_decomposer
+    from featinv.concepts.fit import fit_concepts
+
+    lite0 = featinv.backbone(TINY_BACKBONE, weights="none", input_size=TINY_INPUT_SIZE)
+    fit_concepts(lite0, data=assets["images"], method="mcd", n_concepts=2, out=tmp_path / "c", progress=False,
+                 preset="paper:convnext")
+    loaded = load_decomposer(tmp_path / "c")
+    assert loaded.name == "mcd" and loaded.meta["preset"] == "paper:convnext"

@@ -14,6 +14,7 @@ from featinv.cli.options import (
     Device,
     InputSize,
     Layer,
+    PresetName,
     Quiet,
     Weights,
     parse_options,
@@ -25,7 +26,9 @@ concepts_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Method = Annotated[str, typer.Option("--method", "-m", help="Decomposer: mcd, mcd-reference (fitted as the reference MCD-XAI code), nmf, sae (or a plugin's).")]
+Method = Annotated[str | None, typer.Option(
+    "--method", "-m", "--decomposer", help="Decomposer: mcd, mcd-reference (fitted as the reference MCD-XAI code), "
+    "nmf, sae (or a plugin's); default: the --preset's (paper presets: mcd-reference), else mcd.")]
 NConcepts = Annotated[int, typer.Option("--n-concepts", "-k", min=1, help="Number of concepts K.")]
 MaxImages = Annotated[int | None, typer.Option("--max-images", min=1, help="Use at most this many images (sorted order).")]
 TargetClass = Annotated[int | None, typer.Option(
@@ -40,7 +43,8 @@ def fit(
     data: Annotated[Path, typer.Option("--data", help="Images to fit on: a folder (e.g. one class) or an image file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Concepts folder to write.")],
     layer: Layer = None,
-    method: Method = "mcd",
+    method: Method = None,
+    preset: PresetName = None,
     n_concepts: NConcepts = 5,
     weights: Weights = "pretrained",
     input_size: InputSize = None,
@@ -56,6 +60,9 @@ def fit(
     The folder stores the backbone spec, layer and channel count, so later commands can check that they
     decompose the same features.
 
+    --preset paper:convnext fits with that preset's decomposer (mcd-reference, the reference MCD) unless
+    --decomposer is given; the folder records the preset's name.
+
     Example: featinv concepts fit --backbone timm:tf_efficientnet_lite0 --layer blocks.4 --data photos/ --method mcd --n-concepts 5 --out concepts/
     """
     from featinv.concepts.fit import fit_concepts
@@ -63,7 +70,7 @@ def fit(
     decomposer = fit_concepts(
         backbone, layer=layer, data=data, method=method, n_concepts=n_concepts, out=out, weights=weights,
         input_size=input_size, max_images=max_images, batch_size=batch_size, device=device,
-        target_class=target_class, progress=not quiet, **parse_options(option),
+        target_class=target_class, progress=not quiet, preset=preset, **parse_options(option),
     )
     meta = decomposer.meta
     table = Table(title=f"{decomposer.name} concepts -> {out}")

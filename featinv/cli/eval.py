@@ -12,6 +12,7 @@ from featinv.cli.options import (
     BatchSize,
     ControlStrength,
     Device,
+    DryRun,
     FeatureGuidanceStrength,
     GuessMode,
     GuidanceNormalize,
@@ -124,6 +125,7 @@ def eval_main(
     resize_mode: ResizeMode = "model",
     control_strength: ControlStrength = 1.0,
     guess_mode: GuessMode = False,
+    dry_run: DryRun = False,
     quiet: Quiet = False,
     json_output: JsonOutput = False,
 ) -> None:
@@ -133,7 +135,8 @@ def eval_main(
     Writes metrics.json, metrics.csv, metrics.md and the images with an index; rerunning resumes.
 
     --preset paper:convnext evaluates as the paper: 10 per class, 50 DDIM steps, bilinear resizing and
-    Table 2's other models at their own sizes; options given explicitly override it.
+    Table 2's other models at their own sizes; options given explicitly override it. --dry-run prints the
+    resolved evaluation, the originals found, estimated FLOPs and time, and writes nothing.
 
     Example: featinv eval --run runs/convnext --data val/ --per-class 10 --evaluate-with timm:resnet50
     """
@@ -152,6 +155,15 @@ def eval_main(
         from featinv.presets import get
 
         settings = apply_preset(settings, get(preset).eval_settings(), given_options(ctx), {"guidance_scale": "guidance"})
+    if dry_run:
+        from featinv.cli.dry_run import print_plan
+        from featinv.evaluation.plan import evaluation_plan
+
+        print_plan("featinv eval --dry-run (nothing sampled, nothing written)",
+                   evaluation_plan(run, data, out=target, **settings, seeds=parse_int_list(seeds), batch_size=batch_size,
+                                   fid=fid, limit=limit, device=device, feature_guidance=steering,
+                                   control_strength=control_strength, guess_mode=guess_mode, preset=preset))
+        return
     with no_partial_output([target]):  # the default folder inside the run is not an --out the root CLI sees
         result = evaluate(run, data, out=target, **settings, seeds=parse_int_list(seeds),
                           batch_size=batch_size, evaluate_weights=evaluate_weights,

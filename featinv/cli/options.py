@@ -84,6 +84,9 @@ ControlStrength = Annotated[float, typer.Option(
 GuessMode = Annotated[bool, typer.Option(
     "--guess-mode", help="The authors' guess mode: no features in the unconditional branch, residual scales "
     "0.825^(12-i) from shallow to deep (off = the paper's sampler).")]
+DryRun = Annotated[bool, typer.Option(
+    "--dry-run", help="Resolve every setting and print them with the backbone grid, base, data found, estimated "
+    "FLOPs and time (from the recorded benchmarks); sample nothing, write nothing.")]
 PresetName = Annotated[str | None, typer.Option(
     "--preset", help="A named setup, e.g. paper:resnet50, paper:convnext, paper:swinv2 (+ -pooled); "
     "`featinv presets` shows every value it sets. Options given explicitly override it.")]

@@ -11,6 +11,7 @@ from featinv.cli.options import (
     BatchSize,
     ControlStrength,
     Device,
+    DryRun,
     FeatureGuidanceStrength,
     GuessMode,
     Guidance,
@@ -47,6 +48,7 @@ def reconstruct(
     guidance_normalize: GuidanceNormalize = "std",
     control_strength: ControlStrength = 1.0,
     guess_mode: GuessMode = False,
+    dry_run: DryRun = False,
     quiet: Quiet = False,
 ) -> None:
     """Reconstruct images from their feature maps with a trained FeatInv run, one PNG per image and seed.
@@ -56,14 +58,22 @@ def reconstruct(
 
     Example: featinv reconstruct --run runs/lite0 --images photos/ --seeds 0,1,2 --out recon/
     Guided: featinv reconstruct --run runs/lite0 --images photos/ --out recon/ --feature-guidance 0.1
+    Plan only: featinv reconstruct --run runs/lite0 --images photos/ --out recon/ --dry-run
     """
+    steering = make_feature_guidance(feature_guidance, guidance_schedule, guidance_normalize)
+    sampling = dict(seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps, scheduler=scheduler,
+                    batch_size=batch_size, device=device, resize=resize, bf16=bf16, feature_guidance=steering,
+                    control_strength=control_strength, guess_mode=guess_mode)
+    if dry_run:
+        from featinv.apps.reconstruct_plan import reconstruction_plan
+        from featinv.cli.dry_run import print_plan
+
+        print_plan("featinv reconstruct --dry-run (nothing sampled, nothing written)",
+                   reconstruction_plan(run, images, out, **sampling))
+        return
     from featinv.apps.reconstruct_folder import reconstruct_images
 
-    steering = make_feature_guidance(feature_guidance, guidance_schedule, guidance_normalize)
-    summary = reconstruct_images(run, images, out, seeds=parse_int_list(seeds), guidance_scale=guidance, steps=steps,
-                                 scheduler=scheduler, batch_size=batch_size, device=device, resize=resize,
-                                 overwrite=overwrite, progress=not quiet, bf16=bf16,
-                                 feature_guidance=steering, control_strength=control_strength, guess_mode=guess_mode)
+    summary = reconstruct_images(run, images, out, overwrite=overwrite, progress=not quiet, **sampling)
     console.print(f"wrote {len(summary.written)} images, skipped {len(summary.skipped)} already done "
                   f"-> {summary.index_path}")
     for path in summary.unreadable:

@@ -181,7 +181,8 @@ def train(
     tensorboard: TensorBoard = False,
     device: TrainDevice = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve every setting and print them with the "
-                                          "backbone grid, base and parameter counts; train nothing, write nothing.")] = False,
+                                          "backbone grid, base, parameter counts, estimated FLOPs and time; train "
+                                          "nothing, write nothing.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train FeatInv: a ControlNet on a frozen diffusion base, conditioned on a backbone's feature map.
@@ -207,19 +208,14 @@ def train(
 
 
 def print_plan(config: Any) -> None:
-    """The dry run's table: every resolved setting, then the shapes and counts they imply (nothing written)."""
+    """The dry run's table: every resolved setting, then the shapes, counts and FLOPs they imply (nothing written)."""
     import os
 
-    from rich.table import Table
-
+    from featinv.cli.dry_run import print_plan as print_rows
     from featinv.training.plan import training_plan
 
-    table = Table(title="featinv train --dry-run (nothing trained, nothing written)")
-    table.add_column("setting", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    for key, value in training_plan(config, world_size=int(os.environ.get("WORLD_SIZE", "1"))):
-        table.add_row(key, value)
-    console.print(table)
+    print_rows("featinv train --dry-run (nothing trained, nothing written)",
+               training_plan(config, world_size=int(os.environ.get("WORLD_SIZE", "1"))))
 
 
 def register(app: typer.Typer) -> None:

@@ -128,7 +128,7 @@ def fit_concepts(
     backbone: str | Backbone,
     layer: str | None = None,
     data: Any = None,
-    method: str = "mcd",
+    method: str | None = None,
     n_concepts: int = 5,
     out: str | os.PathLike[str] | None = None,
     *,
@@ -139,6 +139,7 @@ def fit_concepts(
     device: str = "cpu",
     target_class: int | None = None,
     progress: bool = True,
+    preset: str | None = None,
     **options: Any,
 ) -> Decomposer:
     """Fit concepts on a backbone layer's feature vectors over images (e.g. one class) and optionally save them.
@@ -148,8 +149,19 @@ def fit_concepts(
     ``clustering="kmeans"`` for MCD, ``k=4`` for the SAE). ``target_class`` stores that class's classifier
     row for relevances (only when the layer feeds the linear classifier). The saved folder records the
     backbone spec, layer, weights and channels so later commands can check they use the same features.
+    ``method``: the decomposer; None takes ``preset``'s (``paper:*``: ``mcd-reference``, the reference MCD),
+    else ``mcd``. The preset's name is recorded in the folder's metadata.
     """
     from featinv.features.backbone import backbone as build_backbone
+
+    if method is None:
+        from featinv.presets import get
+
+        method = get(preset).decomposer if preset is not None else "mcd"
+    elif preset is not None:
+        from featinv.presets import get
+
+        get(preset)  # an unknown name is an error even when the decomposer is given
 
     try:
         decomposer = create_decomposer(method, n_concepts=n_concepts, **options)
@@ -181,6 +193,7 @@ def fit_concepts(
         "n_vectors": int(vectors.shape[0]),
         "energy_explained": round(1.0 - decomposer.relative_error(vectors), 6),
         "target_class": target_class,
+        **({"preset": preset} if preset is not None else {}),  # absent without one, as in older folders
     }
     if out is not None:
         decomposer.save(out)

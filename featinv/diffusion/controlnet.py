@@ -59,12 +59,15 @@ class FeatInvControlNet(ControlNetModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str],  # type: ignore[override]
-                        **_: Any) -> FeatInvControlNet:
-        """Rebuild from a folder written by :meth:`save_pretrained` (weights verified by checksum)."""
+                        weights: bool = True, **_: Any) -> FeatInvControlNet:
+        """Rebuild from a folder written by :meth:`save_pretrained` (weights verified by checksum;
+        ``weights=False``: the architecture only, randomly initialised, as a dry run needs it)."""
         directory = Path(pretrained_model_name_or_path)
         config = read_json(directory / "config.json", what="ControlNet config")
         net = cls.from_config(config)
-        net.controlnet_cond_embedding = load_encoder(directory / "encoder")
+        net.controlnet_cond_embedding = load_encoder(directory / "encoder", weights=weights)
+        if not weights:
+            return net.eval()
         state = load_safetensors(directory / WEIGHTS_NAME)
         try:
             missing, unexpected = net.load_state_dict(state, strict=False)

@@ -93,8 +93,9 @@ def build_encoder(name: str, in_channels: int, out_channels: int, grid: tuple[in
     return encoder
 
 
-def load_encoder(directory: str | os.PathLike[str]) -> FeatureEncoder:
-    """Rebuild an encoder saved with :meth:`FeatureEncoder.save` (config + verified weights)."""
+def load_encoder(directory: str | os.PathLike[str], weights: bool = True) -> FeatureEncoder:
+    """Rebuild an encoder saved with :meth:`FeatureEncoder.save` (config + verified weights; ``weights=False``:
+    the architecture only, randomly initialised, for a dry run's shapes and FLOPs)."""
     directory = Path(directory)
     config = dict(read_json(directory / CONFIG_NAME, what="encoder config"))
     name = config.pop("encoder", None)
@@ -102,6 +103,8 @@ def load_encoder(directory: str | os.PathLike[str]) -> FeatureEncoder:
         raise FeatinvError(f"encoder config {directory / CONFIG_NAME} names no encoder; recreate the run folder")
     in_channels, out_channels, grid = config.pop("in_channels"), config.pop("out_channels"), config.pop("grid")
     encoder = build_encoder(name, in_channels, out_channels, tuple(grid), **config)
+    if not weights:
+        return encoder
     state = load_safetensors(directory / WEIGHTS_NAME)
     try:
         encoder.load_state_dict(state, strict=True)

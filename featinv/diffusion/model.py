@@ -164,8 +164,12 @@ class FeatInv:
 
     @classmethod
     def from_pretrained(cls, run_dir: str | os.PathLike[str], device: str | torch.device = "cpu",
-                        backbone: Any | None = None, base: str | DiffusionBase | None = None) -> FeatInv:
-        """Rebuild a saved run; ``backbone``/``base`` override the recorded ones but must match their shapes."""
+                        backbone: Any | None = None, base: str | DiffusionBase | None = None,
+                        weights: bool = True) -> FeatInv:
+        """Rebuild a saved run; ``backbone``/``base`` override the recorded ones but must match their shapes.
+
+        ``weights=False`` builds the run's architecture without reading its ControlNet or backbone weights
+        (random values; nothing downloaded): what a dry run needs for shapes and FLOPs."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FeatinvError(f"run folder {run_dir} does not exist; pass a folder written by `featinv train`")
@@ -175,14 +179,15 @@ class FeatInv:
             from featinv.features.backbone import backbone as make_backbone
 
             size = entry.get("input_size")
-            backbone = make_backbone(entry["spec"], layer=entry["layer"], weights=entry.get("weights", "pretrained"),
+            backbone = make_backbone(entry["spec"], layer=entry["layer"],
+                                     weights=entry.get("weights", "pretrained") if weights else "none",
                                      input_size=int(size[0]) if size else None, device=device,
                                      **entry.get("preprocessing", {}))
         _check_backbone(backbone, entry, str(run_dir))
         base_obj = load_base(base if base is not None else config["base"]["spec"], device=device,
                              resolution=config["base"].get("resolution"))
         _check_base(base_obj, config["base"], str(run_dir))
-        controlnet = FeatInvControlNet.from_pretrained(run_dir / CONTROLNET_DIR)
+        controlnet = FeatInvControlNet.from_pretrained(run_dir / CONTROLNET_DIR, weights=weights)
         if int(controlnet.encoder.config.in_channels) != int(entry["channels"]):
             raise FeatinvError(f"encoder in {run_dir} expects {controlnet.encoder.config.in_channels} channels but the "
                                f"run config says {entry['channels']}; the run folder is inconsistent, retrain it")
