@@ -1,13 +1,16 @@
-"""Peak memory of `featinv reconstruct` over growing folders: it must stay flat, not grow with the image count.
+"""Peak memory of `featinv reconstruct` and `featinv eval` over growing folders: it must stay flat, not grow
+with the image count.
 
 Builds a tiny saved run (timm:tf_efficientnet_lite0 with random weights at 64 px, the 16 px pixel base, conv
 encoder: the test suite's model; nothing is downloaded), writes N small random PNGs for each N in
-``--counts`` and runs the real CLI (``python -m featinv reconstruct``) once per folder in a fresh process. The
-peak resident set size of that process (``wait4``'s ``ru_maxrss``, Linux/macOS) is reported per N, with the
-growth from the smallest to the largest folder. One denoising step keeps it quick: memory per batch does not
-depend on the step count, and the index, the image list and the outputs grow with N all the same.
+``--counts`` and runs the real CLI (``python -m featinv reconstruct`` / ``eval``) once per folder and command
+in a fresh process. The peak resident set size of that process (``wait4``'s ``ru_maxrss``, Linux/macOS) is
+reported per N, with the growth from the smallest to the largest folder, as one JSON line per command. One
+denoising step keeps it quick: memory per batch does not depend on the step count, and the index, the image
+list, the metric rows and the outputs grow with N all the same. ``eval`` scores every image of the folder
+(``--per-class N``) without FID (``--fid none``: FID's feature statistics are a fixed-size matrix).
 
-    python benchmarks/bench_memory.py --counts 100 1000 --jsonl benchmarks/results/memory-cpu.jsonl
+    nice -n 15 python benchmarks/bench_memory.py --counts 100 1000 --jsonl benchmarks/results/memory-cpu.jsonl
 """
 
 from __future__ import annotations
@@ -69,36 +72,59 @@ def peak_rss(args: list[str], threads: int) -> dict[str, Any]:
             "peak_rss_mib": round(mib, 1), **({"stderr": error} if proc.returncode else {})}
 
 
-def measure(counts: list[int], batch_size: int = 16, steps: int = 1, threads: int = 1,
-            workdir: Path | None = None) -> dict[str, Any]:
-    """Peak RSS of one reconstruct process per folder size; ``growth_mib`` is largest minus smallest."""
+COMMANDS = ("reconstruct", "eval")
+
+
+def command_args(command: str, run: Path, images: Path, out: Path, count: int) -> list[str]:
+    """The CLI arguments that process every image of ``images`` once (eval: all of them, no FID)."""
+    if command == "reconstruct":
+        return ["reconstruct", "--run", str(run), "--images", str(images), "--out", str(out)]
+    return ["eval", "--run", str(run), "--data", str(images), "--out", str(out), "--per-class", str(count),
+            "--fid", "none"]
+
+
+def written_images(command: str, out: Path) -> int:
+    """How many PNGs the command wrote (eval keeps them under ``images/``)."""
+    return len(list((out if command == "reconstruct" else out / "images").glob("*.png")))
+
+
+def measure(counts: list[int], batch_size: int = 16, steps: int = 1, threads: int = 1, workdir: Path | None = None,
+            command: str = "reconstruct") -> dict[str, Any]:
+    """Peak RSS of one ``command`` process per folder size; ``growth_mib`` is largest minus smallest."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         root = Path(tmp)
         run = build_run(root)
         rows = []
         for count in counts:
             images = write_images(root / f"images-{count}", count)
-            result = peak_rss(["reconstruct", "--run", str(run), "--images", str(images), "--out",
-                               str(root / f"out-{count}"), "--steps", str(steps), "--batch-size", str(batch_size),
-                               "--quiet"], threads)
-            written = len(list((root / f"out-{count}").glob("*.png")))
-            rows.append({"images": count, "written": written, **result})
+            out = root / f"out-{count}"
+            result = peak_rss([*command_args(command, run, images, out, count), "--steps", str(steps),
+                               "--batch-size", str(batch_size), "--quiet"], threads)
+            rows.append({"images": count, "written": written_images(command, out), **result})
     peaks = [r["peak_rss_mib"] for r in rows]
-    return {"benchmark": "memory", "command": "featinv reconstruct", "batch_size": batch_size, "steps": steps,
+    return {"benchmark": "memory", "command": f"featinv {command}", "batch_size": batch_size, "steps": steps,
             "threads": threads, "rows": rows, "growth_mib": round(peaks[-1] - peaks[0], 1),
             "growth_ratio": round(peaks[-1] / peaks[0], 3), "machine": machine()}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 1000], help="folder sizes, ascending")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--jsonl", type=Path, default=None, help="also append the JSON line to this file")
+    parser.add_argument("--commands", nargs="+", choices=COMMANDS, default=list(COMMANDS),
+                        help="the featinv commands to measure (one JSON line each)")
+    parser.add_argument("--jsonl", type=Path, default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
-    report = measure(sorted(args.counts), batch_size=args.batch_size, steps=args.steps, threads=args.threads)
-    return emit(report, args.jsonl)
+    reports = []
+    for command in args.commands:
+        report = measure(sorted(args.counts), batch_size=args.batch_size, steps=args.steps, threads=args.threads,
+                         command=command)
+        print(f"# featinv {command}: peak RSS x{report['growth_ratio']} from {report['rows'][0]['images']} to "
+              f"{report['rows'][-1]['images']} images ({report['growth_mib']:+} MiB)", file=sys.stderr, flush=True)
+        reports.append(emit(report, args.jsonl))
+    return reports
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Atomic file output: every file featinv writes appears whole or not at all (temp file + rename)."""
+"""Atomic file output: every file featinv writes appears whole or not at all (temp file + rename).
+
+(Just over 400 lines: atomic files, atomic folder swaps, the temp-leftover cleaning and the folder lock share
+one temp-name and marker convention, kept in one module so they cannot drift apart.)
+"""
 
 from __future__ import annotations
 
@@ -243,7 +247,8 @@ def output_lock(folder: str | os.PathLike[str], command: str | None = None) -> I
     A second writer gets one line naming the command that holds it. The lock is an OS file lock
     (``filelock``), so a lock left by a killed process is free again at once and simply taken over. The
     processes of one multi-process run (``torchrun``/``accelerate launch``) each hold their rank's lock,
-    so a second run is refused by every rank. On entry of a single-process run, temp leftovers of earlier
+    so a second run is refused by every rank; rank 0 holds the folder's own lock file, so a single-process
+    command and a multi-process run also refuse each other. On entry of a single-process run, temp leftovers of earlier
     killed writes are cleaned (see :func:`clean_temp_leftovers`). Re-entering a folder this process
     already holds is a no-op.
     """
@@ -256,7 +261,7 @@ def output_lock(folder: str | os.PathLike[str], command: str | None = None) -> I
         yield folder
         return
     rank, world = _process_rank()
-    name = LOCK_FILE if world == 1 else f"{LOCK_FILE}.rank{rank}"
+    name = LOCK_FILE if rank == 0 else f"{LOCK_FILE}.rank{rank}"
     lock = FileLock(str(folder / name))
     holder_file = folder / (name + ".json")
     try:
@@ -364,7 +369,13 @@ def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str], meta
     meta = dict(metadata or {})
     meta[CHECKSUM_KEY] = _tensor_digest(tensors)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except Exception as exc:  # safetensors reports a failed write (a full disk) as SafetensorError, not OSError
+            code = re.search(r"\(os error (\d+)\)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def load_safetensors(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, Any]:

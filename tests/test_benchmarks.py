@@ -67,13 +67,16 @@ def test_bench_memory_tiny_cpu(tmp_path):
     proc = _run([sys.executable, "benchmarks/bench_memory.py", "--counts", "2", "4", "--batch-size", "2",
                  "--jsonl", str(out)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (report,) = _json_lines(proc.stdout)
-    assert report["benchmark"] == "memory" and [row["images"] for row in report["rows"]] == [2, 4]
-    for row in report["rows"]:  # every image reconstructed by a real `featinv reconstruct` process
-        assert row["exit_code"] == 0 and row["written"] == row["images"] and row["peak_rss_mib"] > 50
-    assert report["growth_mib"] == pytest.approx(report["rows"][1]["peak_rss_mib"] - report["rows"][0]["peak_rss_mib"],
-                                                 abs=0.11)
-    assert _json_lines(out.read_text()) == [report]
+    reports = _json_lines(proc.stdout)
+    assert [report["command"] for report in reports] == ["featinv reconstruct", "featinv eval"]
+    for report in reports:
+        assert report["benchmark"] == "memory" and [row["images"] for row in report["rows"]] == [2, 4]
+        for row in report["rows"]:  # every image reconstructed by a real `featinv reconstruct` / `eval` process
+            assert row["exit_code"] == 0 and row["written"] == row["images"] and row["peak_rss_mib"] > 50
+        assert report["growth_mib"] == pytest.approx(report["rows"][1]["peak_rss_mib"]
+                                                     - report["rows"][0]["peak_rss_mib"], abs=0.11)
+        assert f"{report['command']}: peak RSS x{report['growth_ratio']}" in proc.stderr  # the growth is printed
+    assert _json_lines(out.read_text()) == reports
 
 
 def test_profile_tiny_cpu(tmp_path):

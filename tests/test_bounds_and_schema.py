@@ -2,7 +2,10 @@
 up front, wrong-shaped weight tensors are named, and a full disk while a checkpoint is written leaves an
 honest ``train_state.json`` and a run that resumes.
 
-The full disk is injected (``torch.save`` raising ``ENOSPC``): a real small file system needs root to mount.
+The full disk is real where the tests may mount (root, or CAP_SYS_ADMIN): a tmpfs just big enough for one
+checkpoint is mounted into ``tmp_path``, filled by training until a checkpoint does not fit (once in its
+weights, once in its optimizer state), then remounted bigger for ``--resume``; elsewhere that test skips with
+one line. The injected ``ENOSPC`` test (``torch.save`` raising) runs everywhere.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -173,6 +178,21 @@ def test_wrong_shaped_prompt_table_is_one_line(assets, tmp_path):
 
 # ------------------------------------------------------------------------------------------ full disk
 
+def _assert_full_disk_left_the_first_checkpoint(args: list, out: Path, capsys) -> None:
+    """The training command fails with the full-disk line, and the run is honest: status failed, the first
+    checkpoint whole (its checksum holds), no half second checkpoint, no temp leftovers."""
+    from featinv.training.checkpoint import WEIGHTS_FILE
+
+    err = _one_line_error(args, capsys)
+    assert "the disk is full" in err and "free some space" in err
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["status"] == "failed" and "No space left" in state["error"]
+    assert Path(state["checkpoint"]).name == "step-00000001"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001"]  # no half checkpoint
+    assert load_safetensors(out / "checkpoints" / "step-00000001" / WEIGHTS_FILE)
+    assert not [p for p in out.rglob(".*") if ".tmp" in p.name]
+
+
 def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(assets, tmp_path, capsys, monkeypatch):
     import featinv.training.checkpoint as checkpoint
 
@@ -191,13 +211,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(assets,
         return real_save(obj, path, *a, **k)
 
     monkeypatch.setattr(checkpoint.torch, "save", save_until_the_disk_fills)
-    err = _one_line_error(args, capsys)
-    assert "the disk is full" in err and "free some space" in err
-    state = json.loads((out / "train_state.json").read_text())
-    assert state["status"] == "failed" and "No space left" in state["error"]
-    assert Path(state["checkpoint"]).name == "step-00000001"
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001"]  # no half checkpoint
-    assert not [p for p in out.rglob(".*") if ".tmp" in p.name]
+    _assert_full_disk_left_the_first_checkpoint(args, out, capsys)
 
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     main([str(a) for a in args])
@@ -205,6 +219,49 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(assets,
     assert state["status"] == "complete" and state["step"] == 3
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A tmpfs mounted at ``tmp_path/disk`` (resize it with :func:`_resize`); skips where mounting is not allowed.
+    Always unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("a real small file system needs the mount command")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "featinv-test", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)  # busy: detach now, free when closed
+
+
+def _resize(disk: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True, capture_output=True)
+
+
+#: a checkpoint of the tiny run is ~35.5 MB (11.8 MB of weights, 23.7 MB of optimizer state); one fits, the next
+#: one fails in its weights (42m) or in its optimizer state (56m)
+@pytest.mark.parametrize("size", ["42m", "56m"], ids=["full-in-weights", "full-in-optimizer-state"])
+def test_a_real_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(assets, small_disk, size, capsys):
+    _resize(small_disk, size)
+    out = small_disk / "train"
+    args = ["train", "--data", assets["images"], "--out", out, "--backbone", TINY_BACKBONE, "--weights", "none",
+            "--input-size", "64", "--layer", "blocks.4", "--base", f"pixel:{assets['base']}", "--max-steps", "2",
+            "--batch-size", "2", "--checkpoint-every", "1", "--log-every", "1", "--num-workers", "0",
+            "--val-steps", "1", "--quiet", "--resume"]
+    _assert_full_disk_left_the_first_checkpoint(args, out, capsys)
+
+    _resize(small_disk, "200m")  # space freed: the same command resumes from step 1 and finishes
+    main([str(a) for a in args])
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["status"] == "complete" and state["step"] == 2
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
 
 
 def test_the_status_file_is_removed_when_even_it_cannot_be_written(assets, tmp_path, monkeypatch):

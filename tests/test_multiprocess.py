@@ -5,7 +5,8 @@ on the CPU (gloo), running ``featinv`` on tiny saved models.
   logs every step once and ends with weights byte-identical to an uninterrupted two-process run; a resume
   with another world size is refused with one line (the data order depends on it).
 - evaluation: sharded over two processes it gives the same rows and the same PNGs as one process.
-- reconstruction does not share work, so it refuses to start as one of several processes.
+- reconstruction, sharded over two processes, writes the same PNGs and index as one process and resumes
+  with any number of processes.
 
 What the code does not promise, and these tests do not claim: two processes do not reproduce one process
 with the same global batch (the noise and dropout of each micro-batch are drawn per rank). ``accelerate
@@ -87,6 +88,17 @@ def _torchrun(target: list, log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
+def _accelerate(featinv_args: list, log: Path) -> subprocess.Popen:
+    """``featinv ARGS`` in two processes under accelerate launch (torchrun's own parser would take ``--run``
+    for an abbreviation of its ``--run-path``)."""
+    command = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               "-m", "featinv", *map(str, featinv_args)]
+    with open(log, "wb") as handle:
+        return subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=_env(),
+                                start_new_session=True)
+
+
 def _finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
     try:
         code = proc.wait(timeout=timeout)
@@ -161,14 +173,7 @@ def test_sharded_eval_over_two_processes_equals_one_process(assets, tmp_path, ca
     args = ["eval", "--run", assets["run"], "--data", assets["val"], "--per-class", "2", "--steps", "2",
             "--batch-size", "1", "--fid", "none", "--quiet"]
     sharded = tmp_path / "sharded"
-    command = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               "-m", "featinv", *map(str, args), "--out", str(sharded)]
-    log = tmp_path / "sharded.log"
-    with open(log, "wb") as handle:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=_env(),
-                                start_new_session=True)
-    _finish(proc, log)
+    _finish(_accelerate([*args, "--out", sharded], tmp_path / "sharded.log"), tmp_path / "sharded.log")
     assert sorted(p.name for p in sharded.glob("index*.json")) == ["index-rank0-of-2.json", "index-rank1-of-2.json"]
 
     single = tmp_path / "single"
@@ -180,13 +185,72 @@ def test_sharded_eval_over_two_processes_equals_one_process(assets, tmp_path, ca
         {p.name: p.read_bytes() for p in (single / "images").glob("*.png")}
 
 
-def test_reconstruct_started_as_one_of_several_processes_is_refused(assets, tmp_path, monkeypatch):
-    """reconstruct does not share work: under a launcher every process would redo every image into one folder."""
-    from featinv.apps.reconstruct_folder import reconstruct_images
-    from featinv.errors import FeatinvError
+def _reconstructions(out: Path) -> tuple[dict[str, bytes], list[dict]]:
+    """The PNGs (name -> bytes) and the index rows of a reconstruction folder."""
+    return ({p.name: p.read_bytes() for p in out.glob("*.png")},
+            json.loads((out / "index.json").read_text())["items"])
+
+
+def _write_index(folder: Path, name: str, template: dict, rows: list[dict]) -> None:
+    (folder / name).write_text(json.dumps({**template, "items": rows}))
+
+
+def test_sharded_reconstruct_over_two_processes_equals_one_process_and_resumes_with_any_count(assets, tmp_path):
+    """Each rank reconstructs its shard of the images (all seeds of an image on one rank) into its own index
+    part; rank 0 merges the parts. The PNGs are byte-identical to one process's, the index lists every output
+    once, and a folder resumes with any number of processes (the image is the unit of work). One launch: it
+    finishes a folder that an interrupted one-process run and a killed three-process run left behind."""
+    args = ["reconstruct", "--run", assets["run"], "--images", assets["images"], "--steps", "1", "--seeds", "0,1",
+            "--batch-size", "2", "--quiet"]
+    single = tmp_path / "single"
+    main([str(a) for a in [*args, "--out", single]])
+    pngs, rows = _reconstructions(single)
+    assert len(pngs) == 16 and len(rows) == 16
+    by_file = {row["file"]: row for row in rows}
+    template = json.loads((single / "index.json").read_text())
+
+    # what was left: 2 of 8 images done (one listed in index.json, one in a killed 3-process run's part)
+    sharded = tmp_path / "sharded"
+    shutil.copytree(single, sharded)
+    images = sorted({name.rsplit("_s", 1)[0] for name in pngs})
+    kept = {image: [f"{image}_s0.png", f"{image}_s1.png"] for image in images[1::5]}
+    for name in set(pngs) - {name for names in kept.values() for name in names}:
+        (sharded / name).unlink()
+    (first, first_files), (second, second_files) = kept.items()
+    _write_index(sharded, "index.json", template, [by_file[f] for f in first_files])
+    _write_index(sharded, "index-rank2-of-3.json", template, [by_file[f] for f in second_files])
+    before = {p.name: p.stat().st_mtime_ns for p in sharded.glob("*.png")}
+    proc = _accelerate([*args, "--out", sharded], tmp_path / "sharded.log")
+    _finish(proc, tmp_path / "sharded.log")
+    assert _reconstructions(sharded) == (pngs, rows)  # same bytes, every output listed once
+    assert {p.name: p.stat().st_mtime_ns for p in sharded.glob("*.png") if p.name in before} == before  # not redone
+    assert not list(sharded.glob("index-rank*")) and not [p for p in sharded.rglob(".*") if ".tmp" in p.name]
+
+    # parts left by a killed two-process run (one output lost, half the rows only in a part), finished by one
+    listed = sorted(by_file)
+    _write_index(sharded, "index-rank1-of-2.json", template, [by_file[f] for f in listed[8:]])
+    _write_index(sharded, "index.json", template, [by_file[f] for f in listed[:8]])
+    (sharded / listed[-1]).unlink()
+    main([str(a) for a in [*args, "--out", sharded]])
+    assert _reconstructions(sharded) == (pngs, rows) and not list(sharded.glob("index-rank*"))
+
+
+def test_a_single_process_command_and_a_multi_process_run_refuse_each_other(tmp_path, monkeypatch):
+    """Rank 0 of a launched run holds the folder's own lock and the other ranks their rank's: no rank is refused
+    for its siblings' locks, and a plain command on the same folder is refused while the run holds it."""
+    from featinv.io import output_lock
+
+    out = tmp_path / "out"
+    take = "import sys\nfrom featinv.io import output_lock\nwith output_lock(sys.argv[1]): print('took it')"
+
+    def other_process(**env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", take, str(out)], env={**_env(), **env}, capture_output=True,
+                              text=True, timeout=300)
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(FeatinvError, match="reconstruct runs in one process"):
-        reconstruct_images(assets["run"], assets["images"], tmp_path / "out", steps=1, progress=False)
-    assert not (tmp_path / "out").exists()
+    with output_lock(out, command="featinv reconstruct (rank 0)"):
+        sibling = other_process(WORLD_SIZE="2", RANK="1")
+        assert sibling.returncode == 0 and "took it" in sibling.stdout, sibling.stderr[-2000:]
+        plain = other_process(WORLD_SIZE="1", RANK="0")
+        assert plain.returncode != 0 and "is in use by `featinv reconstruct (rank 0)`" in plain.stderr

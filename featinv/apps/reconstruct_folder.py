@@ -5,6 +5,12 @@ images named ``a``). ``index.json`` records the run, the sampling settings and e
 (atomically) after each batch, and a rerun skips outputs that already exist, so an interrupted run picks up
 where it stopped. A rerun with other sampling settings is refused unless ``overwrite`` is set, so a folder
 never mixes settings.
+
+Under ``torchrun`` / ``accelerate launch`` each process takes its :func:`~featinv.evaluation.sources.shard` of
+the images (all seeds of an image stay on one process) and keeps its rows in its own index part
+(``index-rank<r>-of-<n>.json``), so no two processes write one file; after a barrier rank 0 merges the parts
+into ``index.json`` and deletes them. Every start reads ``index.json`` and any parts left by a killed run, so a
+rerun resumes with any number of processes: the image, not the process, is the unit of work.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from featinv.errors import FeatinvError
-from featinv.io import ensure_output_dir, locks_output
+from featinv.io import ensure_output_dir, locks_output, read_json
 from featinv.outputs import ResumableIndex, save_png
 
 INDEX_NAME = "index.json"
+PARTS_GLOB = "index-rank*-of-*.json"  # one process's rows while a multi-process run is under way
 
 
 @dataclass
@@ -121,45 +128,118 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
     denoiser on CUDA; ``feature_guidance`` (a strength or a ``FeatureGuidance``) steers sampling toward the
     features. Each output's ``fidelity`` (cosine to its target map) is recorded in the index.
     ``control_strength`` / ``guess_mode``: the authors' sampler controls (1.0 / off = the paper's sampler).
+    Started as one of several processes, this call does its shard of the images (see the module docstring);
+    its summary lists only its own outputs.
     """
     from featinv.diffusion.controlnet import ControlScales
     from featinv.diffusion.guidance import FeatureGuidance
-    from featinv.diffusion.model import FeatInv, load_model
+    from featinv.diffusion.model import load_model
+    from featinv.evaluation.sources import process_group, shard
 
     steering = FeatureGuidance.of(feature_guidance)
     control = ControlScales(control_strength, bool(guess_mode))
     inputs, seeds = _checked_arguments(images, seeds, batch_size, steps)
     items = _output_names(inputs, exclude=[out])
+    rank, world, barrier = process_group(device)
+    if world > 1 and device == "cuda":  # one GPU per process under accelerate launch / torchrun
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
     model = load_model(run, device=device)
     model.base.make_scheduler(scheduler)  # an unknown sampler fails here, before anything is written
     out_dir = ensure_output_dir(out)
     guidance = model.guidance_scale if guidance_scale is None else float(guidance_scale)
     size = list(model.backbone.info.input_size) if resize else [model.base.resolution] * 2
+    index = _open_index(out_dir, _settings(run, model, guidance, steps, scheduler, size, steering, control), overwrite)
+    barrier()  # every process has read the parts of earlier runs before any process rewrites its own
+    entries = index.rows
+    mine = shard(items, rank, world)
+    summary = ReconstructSummary(index.path)
+    pending = _pending_outputs(mine, seeds, out_dir, overwrite, summary, entries)
+    my_sources = {str(path) for path, _ in mine}
+    part = index if world == 1 else _index_file(out_dir / f"index-rank{rank}-of-{world}.json", index.settings)
+
+    def save_index() -> None:
+        rows = entries.values() if world == 1 else [e for e in entries.values() if e.get("source") in my_sources]
+        part.save(sorted(rows, key=lambda e: e["file"]), unreadable=[str(p) for p in summary.unreadable])
+
+    sampling = dict(guidance_scale=guidance, steps=steps, scheduler=scheduler, batch_size=batch_size,
+                    progress=False, bf16=bf16, feature_guidance=steering, control_strength=control.strength,
+                    guess_mode=control.guess_mode)
+    _reconstruct_all(model, pending, batch_size, sampling, size if resize else None, summary, entries,
+                     save_index, progress)
+    if world > 1:
+        save_index()  # even when this process had nothing to do: rank 0 reads every part
+        barrier()
+    if rank == 0:
+        _merge_parts(index, entries, items, world, summary.unreadable)
+    return summary
+
+
+def _settings(run: Any, model: Any, guidance: float, steps: int, scheduler: str, size: list[int], steering: Any,
+              control: Any) -> dict[str, Any]:
+    """What the index records: a rerun resumes only with the same settings."""
+    from featinv.diffusion.model import FeatInv
+
     run_name = str(Path(run).resolve()) if not isinstance(run, FeatInv) else repr(model)
     settings = {"run": run_name, "guidance_scale": guidance, "steps": steps, "scheduler": scheduler, "size": size}
     # null when off: folders from before feature guidance (no such key) still resume, and a guided folder
     # rerun without guidance (or the reverse) is refused as a change of settings
     settings["feature_guidance"] = steering.describe() if steering.active else None
     settings.update({} if control.is_default else control.describe())  # absent at the defaults, as before
+    return settings
 
-    index = ResumableIndex(out_dir / INDEX_NAME, settings, what="reconstruction index", key="file",
-                           rows_field="items", versioned=False)
-    if not overwrite:
-        index.load(lambda changed: f"{out_dir} holds reconstructions made with other settings ({', '.join(changed)}); "
-                                   "use another --out folder or pass --overwrite")
-    entries = index.rows
 
-    summary = ReconstructSummary(index.path)
-    pending = _pending_outputs(items, seeds, out_dir, overwrite, summary, entries)
+def _open_index(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> ResumableIndex:
+    """The folder's index with the rows of ``index.json`` and of the parts a killed multi-process run left
+    (theirs are newer); none with ``overwrite``. Other settings in any of them are refused."""
+    index = _index_file(out_dir / INDEX_NAME, settings)
+    if overwrite:
+        return index
 
-    def save_index() -> None:
-        index.save(sorted(entries.values(), key=lambda e: e["file"]), unreadable=[str(p) for p in summary.unreadable])
+    def refusal(changed: list[str]) -> str:
+        return (f"{out_dir} holds reconstructions made with other settings ({', '.join(changed)}); "
+                "use another --out folder or pass --overwrite")
 
+    index.load(refusal)
+    for path in sorted(out_dir.glob(PARTS_GLOB), key=lambda p: p.stat().st_mtime_ns):  # the newest row wins
+        index.rows.update(_index_file(path, settings).load(refusal))
+    return index
+
+
+def _index_file(path: Path, settings: dict[str, Any]) -> ResumableIndex:
+    """``index.json`` or one process's part of it (the flat layout: settings beside the ``items``)."""
+    return ResumableIndex(path, settings, what="reconstruction index", key="file", rows_field="items", versioned=False)
+
+
+def _merge_parts(index: ResumableIndex, entries: dict[str, dict[str, Any]], items: list[tuple[Path, str]],
+                 world: int, unreadable: list[Path]) -> None:
+    """Rank 0, after every process finished: the rows of each process's part replace the rows it started
+    from for its shard, ``index.json`` is rewritten with all of them and every part (this run's, and older
+    runs' already read at the start) is deleted. Refuses a folder of which no image could be read."""
+    from featinv.evaluation.sources import shard
+
+    bad = {str(p) for p in unreadable}
+    for rank in range(1, world):
+        path = index.path.with_name(f"index-rank{rank}-of-{world}.json")
+        stored = read_json(path, what="reconstruction index")
+        theirs = {str(p) for p, _ in shard(items, rank, world)}
+        for name in [n for n, row in entries.items() if row.get("source") in theirs]:
+            del entries[name]
+        entries.update((row["file"], row) for row in stored.get("items", []))
+        bad.update(stored.get("unreadable", []))
+    listed = [str(p) for p in unreadable] + sorted(bad - {str(p) for p in unreadable})
+    if listed and not entries:
+        raise FeatinvError(f"none of the {len(listed)} images could be read (corrupt, truncated or not "
+                           f"images, e.g. {listed[0]}); pass readable .png/.jpg images")
+    index.save(sorted(entries.values(), key=lambda e: e["file"]), unreadable=listed)
+    for path in index.path.parent.glob(PARTS_GLOB):
+        path.unlink(missing_ok=True)
+
+
+def _reconstruct_all(model: Any, pending: list[tuple[Path, int, Path]], batch_size: int, sampling: dict[str, Any],
+                     size: list[int] | None, summary: ReconstructSummary, entries: dict[str, dict[str, Any]],
+                     save_index: Callable[[], None], progress: bool) -> None:
+    """Every pending job, a batch at a time, saving the index after each batch that wrote something."""
     from featinv.progress import make_progress
-
-    sampling = dict(guidance_scale=guidance, steps=steps, scheduler=scheduler, batch_size=batch_size,
-                    progress=False, bf16=bf16, feature_guidance=steering, control_strength=control.strength,
-                    guess_mode=control.guess_mode)
 
     bar = make_progress() if progress and pending else None
     task = bar.add_task("reconstructing", total=len(pending)) if bar else None
@@ -167,28 +247,18 @@ def reconstruct_images(run: Any, images: str | os.PathLike[str] | Sequence[str |
         bar.start()
     try:
         for start in range(0, len(pending), batch_size):
-            if _reconstruct_chunk(model, pending[start:start + batch_size], sampling, size if resize else None,
-                                  summary, entries):
+            if _reconstruct_chunk(model, pending[start:start + batch_size], sampling, size, summary, entries):
                 save_index()
             if bar:
                 bar.advance(task, len(pending[start:start + batch_size]))
     finally:
         if bar:
             bar.stop()
-    if summary.unreadable and not summary.written and not summary.skipped and not entries:
-        raise FeatinvError(f"none of the {len(summary.unreadable)} images could be read (corrupt, truncated or not "
-                           f"images, e.g. {summary.unreadable[0]}); pass readable .png/.jpg images")
-    save_index()
-    return summary
 
 
 def _checked_arguments(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], seeds: Sequence[int],
                        batch_size: int, steps: int) -> tuple[list[str | os.PathLike[str]], list[int]]:
     """The inputs as a list and the seeds as ints, after failing fast on arguments that cannot work."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would redo every image into one folder
-        raise FeatinvError("reconstruct runs in one process, but this one was started as one of several "
-                           "(torchrun / accelerate launch); run it without a launcher (--batch-size uses one "
-                           "device fully), or use `featinv eval`, which shares its work across processes")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise FeatinvError("no seeds given; pass e.g. --seeds 0,1,2")

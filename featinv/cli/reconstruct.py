@@ -53,7 +53,8 @@ def reconstruct(
 ) -> None:
     """Reconstruct images from their feature maps with a trained FeatInv run, one PNG per image and seed.
 
-    Finished outputs are skipped, so rerunning an interrupted command resumes it.
+    Finished outputs are skipped, so rerunning an interrupted command resumes it. Under torchrun or accelerate
+    launch the images are shared across the processes (the outputs are the same as one process's).
 
     Example: featinv reconstruct --run runs/lite0 --images photos/ --seeds 0,1,2 --out recon/
     Guided: featinv reconstruct --run runs/lite0 --images photos/ --out recon/ --feature-guidance 0.1

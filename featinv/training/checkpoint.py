@@ -127,10 +127,12 @@ def save_checkpoint(
         try:
             torch.save(trainer_state, tmp / TRAINER_FILE)  # straight to disk: no second in-memory copy (GBs for SD)
         except RuntimeError as exc:  # torch reports a failed write (a full disk) as a RuntimeError without errno
-            if "write" not in str(exc):
-                raise
+            # ("... write ..." or, on a real full file system, "unexpected pos N vs M" from its zip writer)
             full = shutil.disk_usage(tmp).free < 2**20
-            raise OSError(errno.ENOSPC if full else errno.EIO, f"writing {TRAINER_FILE} failed", str(target)) from None
+            if not full and "write" not in str(exc):
+                raise
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, f"{os.strerror(code)} (writing {TRAINER_FILE})", str(target)) from None
         write_json(tmp / STATE_FILE, {**state, "step": step})
     if keep is not None:
         rotate_checkpoints(root, keep)
