@@ -58,6 +58,21 @@ out = Path(sys.argv[sys.argv.index("--out") + 1])
 (out / f"weights-rank{os.environ['RANK']}.sha256").write_text(hashlib.sha256(data).hexdigest())
 """
 
+#: ``featinv`` whose processes stop moving once the first checkpoint is on disk, so the kill below always lands
+#: between a checkpoint and the end, however loaded the machine is (the test gates on progress, not timing)
+HOLD_AFTER_FIRST_CHECKPOINT = """
+import sys, time
+import featinv.training.loop as loop
+checkpoint_steps = loop._validate_and_checkpoint
+def hold_after_first(run):
+    checkpoint_steps(run)
+    if run.last_saved > 0:  # -1 until the first checkpoint
+        time.sleep(3600)
+loop._validate_and_checkpoint = hold_after_first
+from featinv.cli import main
+main(sys.argv[1:])
+"""
+
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
@@ -126,6 +141,8 @@ def test_two_processes_agree_resume_after_kill_9_and_refuse_another_world_size(a
              "2", "--checkpoint-every", "2", "--log-every", "1", "--num-workers", "0", "--val-steps", "1", "--quiet"]
     driver = tmp_path / "rank_digest.py"
     driver.write_text(RANK_DIGEST)
+    holding = tmp_path / "hold_after_first_checkpoint.py"
+    holding.write_text(HOLD_AFTER_FIRST_CHECKPOINT)
 
     # 1. an uninterrupted two-process run: both ranks end with the same weights
     reference = tmp_path / "reference"
@@ -138,7 +155,7 @@ def test_two_processes_agree_resume_after_kill_9_and_refuse_another_world_size(a
     # 2. the same run, killed (-9, every process) once a checkpoint exists, then resumed by the same command
     out = tmp_path / "killed"
     log = tmp_path / "killed.log"
-    proc = _torchrun(["-m", "featinv", *train, "--out", out, "--resume"], log)
+    proc = _torchrun([holding, *train, "--out", out, "--resume"], log)
     deadline = time.monotonic() + 600
     while not _checkpoint_steps(out):
         assert proc.poll() is None, f"ended before its first checkpoint:\n{log.read_text()[-3000:]}"
