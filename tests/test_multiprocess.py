@@ -17,6 +17,7 @@ an idle machine).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -61,12 +62,14 @@ out = Path(sys.argv[sys.argv.index("--out") + 1])
 #: ``featinv`` whose processes stop moving once the first checkpoint is on disk, so the kill below always lands
 #: between a checkpoint and the end, however loaded the machine is (the test gates on progress, not timing)
 HOLD_AFTER_FIRST_CHECKPOINT = """
-import sys, time
+import os, sys, time
+from pathlib import Path
 import featinv.training.loop as loop
 checkpoint_steps = loop._validate_and_checkpoint
 def hold_after_first(run):
     checkpoint_steps(run)
     if run.last_saved > 0:  # -1 until the first checkpoint
+        (Path(__file__).parent / f"held-{os.getpid()}.pid").write_text(str(os.getpid()))
         time.sleep(3600)
 loop._validate_and_checkpoint = hold_after_first
 from featinv.cli import main
@@ -123,6 +126,32 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
     assert code == 0, log.read_text()[-3000:]
 
 
+def _kill_9_everything(proc: subprocess.Popen, held: Path, ranks: int) -> None:
+    """SIGKILL the launcher's process group and every rank held at its checkpoint (torchrun starts the ranks in
+    their own sessions, so killing the group alone leaves them), and wait until they are gone."""
+    deadline = time.monotonic() + 600
+    while len(list(held.glob("held-*.pid"))) < ranks:  # every rank has reached the hold
+        assert time.monotonic() < deadline and proc.poll() is None, "the ranks never reached the hold"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pids = [int(path.read_text()) for path in held.glob("held-*.pid")]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a killed rank is still running"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _checkpoint_steps(out: Path) -> list[int]:
     root = out / "checkpoints"
     return sorted(int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "state.json").is_file()) \
@@ -161,8 +190,7 @@ def test_two_processes_agree_resume_after_kill_9_and_refuse_another_world_size(a
         assert proc.poll() is None, f"ended before its first checkpoint:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"no checkpoint:\n{log.read_text()[-3000:]}"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_9_everything(proc, held=tmp_path, ranks=2)
     assert _checkpoint_steps(out)[-1] < total, "the kill came too late to test resuming"
     proc = _torchrun(["-m", "featinv", *train, "--out", out, "--resume"], tmp_path / "resumed.log")
     _finish(proc, tmp_path / "resumed.log")
