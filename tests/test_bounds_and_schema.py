@@ -23,6 +23,7 @@ import torch
 from featinv.cli import main
 from featinv.errors import FeatinvError
 from featinv.io import load_safetensors, save_safetensors
+from tests.cli_run import one_line_error
 from tests.fixtures_model import TINY_BACKBONE, make_tiny_images, make_tiny_pixel_base, make_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,17 +34,6 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bounds")
     return {"root": root, "run": make_tiny_run(root), "base": make_tiny_pixel_base(root, name="base16"),
             "images": make_tiny_images(root / "images", count=4)}
-
-
-def _one_line_error(args: list, capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return err
 
 
 def _edited_run(assets: dict[str, Path], tmp_path: Path, edit) -> Path:
@@ -103,7 +93,7 @@ def test_run_config_is_checked_against_its_schema(assets, tmp_path, edit, messag
 
 def test_a_wrong_typed_config_is_one_line_on_the_cli(assets, tmp_path, capsys):
     run = _edited_run(assets, tmp_path, _set("pooled", "no"))
-    err = _one_line_error(["reconstruct", "--run", run, "--images", assets["images"], "--out", tmp_path / "o",
+    err = one_line_error(["reconstruct", "--run", run, "--images", assets["images"], "--out", tmp_path / "o",
                            "--steps", "1", "--quiet"], capsys)
     assert "'pooled' must be true or false" in err and not (tmp_path / "o").exists()
 
@@ -124,7 +114,7 @@ def test_the_configs_featinv_writes_pass_the_schema(assets):
 ])
 def test_training_bounds_are_refused_before_anything_runs(assets, tmp_path, capsys, extra, message):
     out = tmp_path / "train"
-    err = _one_line_error(["train", "--data", assets["images"], "--out", out, "--backbone", TINY_BACKBONE,
+    err = one_line_error(["train", "--data", assets["images"], "--out", out, "--backbone", TINY_BACKBONE,
                            "--weights", "none", "--input-size", "64", "--base", f"pixel:{assets['base']}", *extra],
                           capsys)
     assert message in err and not out.exists()
@@ -140,7 +130,7 @@ def test_val_steps_beyond_the_timesteps_fail_up_front_in_the_api():
 
 
 def test_layers_input_size_is_bounded(capsys):
-    err = _one_line_error(["layers", TINY_BACKBONE, "--input-size", "100000"], capsys)
+    err = one_line_error(["layers", TINY_BACKBONE, "--input-size", "100000"], capsys)
     assert "Invalid value for '--input-size'" in err and "4096" in err
     from featinv.features.backbone import backbone
 
@@ -158,7 +148,7 @@ def test_wrong_shaped_controlnet_weights_are_one_line(assets, tmp_path, capsys):
     name = next(k for k, v in tensors.items() if v.ndim == 4)
     tensors[name] = torch.zeros(tensors[name].shape[0] + 1, *tensors[name].shape[1:])
     save_safetensors(tensors, weights)  # checksum recomputed: only the shape is wrong
-    err = _one_line_error(["reconstruct", "--run", run, "--images", assets["images"], "--out", tmp_path / "o",
+    err = one_line_error(["reconstruct", "--run", run, "--images", assets["images"], "--out", tmp_path / "o",
                            "--steps", "1", "--quiet"], capsys)
     assert "ControlNet weights in" in err and "size mismatch" in err and name in err
 
@@ -183,7 +173,7 @@ def _assert_full_disk_left_the_first_checkpoint(args: list, out: Path, capsys) -
     checkpoint whole (its checksum holds), no half second checkpoint, no temp leftovers."""
     from featinv.training.checkpoint import WEIGHTS_FILE
 
-    err = _one_line_error(args, capsys)
+    err = one_line_error(args, capsys)
     assert "the disk is full" in err and "free some space" in err
     state = json.loads((out / "train_state.json").read_text())
     assert state["status"] == "failed" and "No space left" in state["error"]

@@ -18,6 +18,7 @@ from PIL import Image
 
 from featinv.cli import main
 from featinv.errors import FeatinvError
+from tests.cli_run import one_line_error
 from tests.fixtures_model import make_tiny_images, make_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,16 +39,6 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "run": run, "nan_run": nan_run, "images": make_tiny_images(root / "images", count=2)}
 
 
-def _one_line_error(args: list, capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    return err
-
-
 def _rows(out: Path) -> list[dict]:
     index = out / "index.json"
     return json.loads(index.read_text())["items"] if index.is_file() else []
@@ -58,7 +49,7 @@ def test_nan_outputs_are_an_error_and_never_counted_as_finished(assets, tmp_path
     out = tmp_path / "recon"
     run, extra = (assets["nan_run"], []) if case == "nan-weights" else (assets["run"], ["--guidance", "1e30"])
     args = ["reconstruct", "--run", run, "--images", assets["images"], "--out", out, "--steps", "2", "--quiet"]
-    err = _one_line_error([*args, *extra], capsys)
+    err = one_line_error([*args, *extra], capsys)
     assert "came out as NaN or infinite values" in err and "not kept as finished work" in err
     assert not list(out.glob("*.png")) and _rows(out) == []
 

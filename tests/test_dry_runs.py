@@ -15,20 +15,11 @@ import pytest
 from featinv import throughput
 from featinv.diffusion import flops
 from featinv.diffusion.plan import flop_rows
+from tests.cli_run import exit_code
 from tests.fixtures_model import make_tiny_images, make_tiny_model, make_tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cli(args: list[str]) -> int:
-    from featinv.cli import main
-
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def _tree(root: Path) -> set[tuple[str, int]]:
@@ -50,7 +41,7 @@ def test_eval_and_reconstruct_dry_runs_write_nothing_and_print_the_plan(assets, 
     monkeypatch.setattr(console, "width", 200)  # one line per row, so the values can be looked up whole
     root, run = assets
     before = _tree(root)
-    code = _cli(["eval", "--run", str(run), "--data", str(root / "data"), "--per-class", "2", "--seeds", "0,1",
+    code = exit_code(["eval", "--run", str(run), "--data", str(root / "data"), "--per-class", "2", "--seeds", "0,1",
                  "--steps", "4", "--guidance", "2", "--dry-run"])
     text = capsys.readouterr().out
     assert code == 0, text
@@ -59,7 +50,7 @@ def test_eval_and_reconstruct_dry_runs_write_nothing_and_print_the_plan(assets, 
     assert "1280×2×2" in text and "timm:tf_efficientnet_lite0" in text  # lite0 at 64 px
     assert "4 × denoiser call" in text and "estimated FLOPs" in text and "estimated time" in text
     out = root / "recon"
-    code = _cli(["reconstruct", "--run", str(run), "--images", str(root / "data"), "--out", str(out),
+    code = exit_code(["reconstruct", "--run", str(run), "--images", str(root / "data"), "--out", str(out),
                  "--seeds", "0,1,2", "--scheduler", "dpm++", "--dry-run"])
     text = capsys.readouterr().out
     assert code == 0, text

@@ -15,7 +15,7 @@ import torch
 
 import featinv
 from featinv import registry
-from featinv.cli import main
+from tests.cli_run import exit_code
 from tests.fixtures_model import make_tiny_images
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "featinv-example-plugin"
@@ -45,15 +45,6 @@ def installed_example(tmp_path, monkeypatch):
     yield os.pathsep.join([str(tmp_path), str(EXAMPLE), str(Path(__file__).resolve().parents[1])])
     monkeypatch.undo()
     registry.reset()
-
-
-def _cli(args: list[str]) -> int:
-    """Run the CLI in this process (the registries see the installed example); the exit code."""
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def _featinv(pythonpath: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -86,10 +77,10 @@ def test_example_decomposer_via_create(installed_example):
     torch.testing.assert_close(parts.sum(0), fmap, atol=1e-5, rtol=1e-5)
 
 
-def test_example_backbone_python_and_cli(installed_example, capsys):
+def test_example_backbone_python_andexit_code(installed_example, capsys):
     backbone = featinv.create_backbone("example-cnn:small", weights="none")
     assert backbone.features(torch.rand(1, 3, 32, 32)).shape == (1, 32, 4, 4)
-    assert _cli(["layers", "example-cnn:small", "--weights", "none"]) == 0
+    assert exit_code(["layers", "example-cnn:small", "--weights", "none"]) == 0
     assert "stages.1" in capsys.readouterr().out
 
 
@@ -105,11 +96,11 @@ def test_example_base_and_encoder_python(installed_example, tmp_path, images):
     assert loaded.reconstruct(images=torch.rand(1, 3, 32, 32), steps=1, progress=False).images.shape == (1, 3, 16, 16)
 
 
-def test_example_backbone_base_and_encoder_train_from_the_cli(installed_example, tmp_path, images):
+def test_example_backbone_base_and_encoder_train_from_theexit_code(installed_example, tmp_path, images):
     from featinv.diffusion.model import FeatInv
 
     out = tmp_path / "cli_run"
-    code = _cli(["train", "--data", str(images), "--out", str(out), *CNN, "--base", "example-tiny:16",
+    code = exit_code(["train", "--data", str(images), "--out", str(out), *CNN, "--base", "example-tiny:16",
                  "--encoder", "example-linear", "--cache-features", "--max-steps", "1", "--batch-size", "2",
                  "--num-workers", "0", "--val-steps", "1", "--quiet"])
     assert code == 0
@@ -132,7 +123,7 @@ def test_example_analysis_python(installed_example, tmp_path, images):
     assert len(list((tmp_path / "roundtrip").glob("*.png"))) == 3
 
 
-def test_example_analysis_cli(installed_example, tmp_path, images):
+def test_example_analysisexit_code(installed_example, tmp_path, images):
     from featinv.diffusion.model import FeatInv
 
     run = FeatInv.create("example-cnn:small", "example-tiny:16", encoder="example-linear",
@@ -143,9 +134,9 @@ def test_example_analysis_cli(installed_example, tmp_path, images):
     assert json.loads((tmp_path / "viz" / "summary.json").read_text())["analysis"] == "roundtrip"
 
 
-def test_example_decomposer_and_command_from_the_cli(installed_example, tmp_path, images):
+def test_example_decomposer_and_command_from_theexit_code(installed_example, tmp_path, images):
     concepts = tmp_path / "pca-concepts"
-    code = _cli(["concepts", "fit", *CNN, "--data", str(images), "--out", str(concepts), "--method", "pca",
+    code = exit_code(["concepts", "fit", *CNN, "--data", str(images), "--out", str(concepts), "--method", "pca",
                  "--n-concepts", "2", "--quiet"])
     assert code == 0
     listed = _featinv(installed_example, "plugins", "--json")

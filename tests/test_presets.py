@@ -17,19 +17,10 @@ from featinv import presets
 from featinv.errors import FeatinvError
 from featinv.plugins.backbones.torchvision import select_weights
 from featinv.training.config import TrainConfig
+from tests.cli_run import exit_code
 from tests.fixtures_model import TINY_BACKBONE, TINY_INPUT_SIZE, make_tiny_images, make_tiny_pixel_base
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _cli(args: list[str]) -> int:
-    from featinv.cli import main
-
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +121,12 @@ def test_timm_presets_resolve_to_the_paper_grids(name, expected) -> None:
 
 # ---------------------------------------------------------------------------------------------- the CLI
 def test_presets_command_lists_every_value(capsys) -> None:
-    assert _cli(["presets", "--json"]) == 0
+    assert exit_code(["presets", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["paper:resnet50"]["weights"] == "IMAGENET1K_V1"
-    assert _cli(["presets", "paper:convnext"]) == 0
+    assert exit_code(["presets", "paper:convnext"]) == 0
     assert "288" in capsys.readouterr().out
-    assert _cli(["presets", "paper:nope"]) == 2
+    assert exit_code(["presets", "paper:nope"]) == 2
 
 
 def test_train_dry_run_with_a_preset_writes_nothing_and_explicit_flags_win(assets, tmp_path, capsys) -> None:
@@ -144,7 +135,7 @@ def test_train_dry_run_with_a_preset_writes_nothing_and_explicit_flags_win(asset
     presets.register(preset)
     out = tmp_path / "run"
     try:
-        code = _cli(["train", "--preset", "test:dry", "--data", str(assets["images"]), "--out", str(out),
+        code = exit_code(["train", "--preset", "test:dry", "--data", str(assets["images"]), "--out", str(out),
                      "--batch-size", "2", "--encoder-option", "hidden=8", "--dry-run"])
     finally:
         presets._REGISTERED.pop("test:dry")
@@ -211,14 +202,14 @@ def test_paper_presets_fit_concepts_with_the_reference_mcd(monkeypatch) -> None:
 def test_concepts_fit_cli_takes_the_preset_decomposer_unless_given(monkeypatch, tmp_path, capsys) -> None:
     chosen = _capture_decomposer(monkeypatch)
     args = ["concepts", "fit", "--backbone", TINY_BACKBONE, "--data", str(tmp_path), "--out", str(tmp_path / "c")]
-    assert _cli([*args, "--preset", "paper:swinv2"]) == 2
-    assert _cli([*args, "--preset", "paper:swinv2", "--decomposer", "sae"]) == 2
+    assert exit_code([*args, "--preset", "paper:swinv2"]) == 2
+    assert exit_code([*args, "--preset", "paper:swinv2", "--decomposer", "sae"]) == 2
     assert chosen == ["mcd-reference", "sae"]
     capsys.readouterr()
-    assert _cli([*args, "--preset", "paper:nope"]) == 2
+    assert exit_code([*args, "--preset", "paper:nope"]) == 2
     error = capsys.readouterr().err.strip()
     assert "unknown preset 'paper:nope'" in error and len(error.splitlines()) == 1
-    assert _cli(["presets", "paper:resnet50"]) == 0 and "mcd-reference" in capsys.readouterr().out
+    assert exit_code(["presets", "paper:resnet50"]) == 0 and "mcd-reference" in capsys.readouterr().out
 
 
 def test_concepts_folder_records_the_preset(assets, tmp_path) -> None:

@@ -13,6 +13,7 @@ from featinv.training.checkpoint import latest_checkpoint, load_checkpoint
 from featinv.training.config import BaseTrainConfig, TrainConfig
 from featinv.training.loop import conditioning_drop, run_training, train, train_base, training_status
 from featinv.training.tasks import FeatInvTask
+from tests.cli_run import exit_code
 from tests.fixtures_model import TINY_BACKBONE, TINY_INPUT_SIZE, make_tiny_images, make_tiny_pixel_base
 
 FAST = {"num_workers": 0, "progress": False, "val_steps": 2, "num_val_images": 2}
@@ -189,30 +190,20 @@ def test_config_errors_are_clear(assets, tmp_path):
         train(base_config(assets, tmp_path / "x"))
 
 
-def _cli(args) -> int:
-    from featinv.cli import main
-
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_base_train_cli_writes_a_loadable_resumable_base(assets, tmp_path, capsys):
     from featinv.diffusion.bases import load_base
 
     out = tmp_path / "pixel"
     args = ["base", "train", "--data", str(assets["images"]), "--out", str(out), "--resolution", "32",
             "--widths", "8,16", "--batch-size", "2", "--num-workers", "0", "--val-steps", "2", "--quiet"]
-    assert _cli([*args, "--max-steps", "2"]) == 0
+    assert exit_code([*args, "--max-steps", "2"]) == 0
     base = load_base(f"pixel:{out}")
     assert base.resolution == 32
-    assert _cli([*args, "--max-steps", "3", "--resume"]) == 0
+    assert exit_code([*args, "--max-steps", "3", "--resume"]) == 0
     assert training_status(out)["step"] == 3
-    assert _cli([*args, "--max-steps", "3"]) == 2
+    assert exit_code([*args, "--max-steps", "3"]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert _cli([*args, "--widths", "a,b"]) == 2
+    assert exit_code([*args, "--widths", "a,b"]) == 2
 
 
 def test_train_cli_with_cached_features(assets, tmp_path):
@@ -223,12 +214,12 @@ def test_train_cli_with_cached_features(assets, tmp_path):
             "--weights", "none", "--input-size", str(TINY_INPUT_SIZE), "--base", f"pixel:{assets['base']}",
             "--cache-features", "--max-steps", "2", "--batch-size", "2", "--num-workers", "0", "--val-steps", "2",
             "--max-samples", "3", "--gradient-checkpointing", "--quiet"]
-    assert _cli(args) == 0
+    assert exit_code(args) == 0
     assert list(out.glob("feature_cache-*.safetensors"))
     assert FeatInv.from_pretrained(out).config["backbone"]["spec"] == TINY_BACKBONE
     card = (out / "README.md").read_text()  # the model card: shareable as it is
     assert "library_name: featinv" in card and TINY_BACKBONE in card and "Not evaluated yet" in card
-    assert _cli([*args[:-1], "--mixed-precision", "fp8"]) == 2
+    assert exit_code([*args[:-1], "--mixed-precision", "fp8"]) == 2
 
 
 def test_train_cli_encoder_option_reaches_the_encoder_and_the_resume_check(assets, tmp_path, capsys):
@@ -241,19 +232,19 @@ def test_train_cli_encoder_option_reaches_the_encoder_and_the_resume_check(asset
             "--weights", "none", "--input-size", str(TINY_INPUT_SIZE), "--base", f"pixel:{assets['base']}",
             "--cache-features", "--max-steps", "1", "--batch-size", "2", "--num-workers", "0", "--val-steps", "1",
             "--max-samples", "2", "--quiet"]
-    assert _cli([*args, "--encoder-option", "hidden=8"]) == 0
+    assert exit_code([*args, "--encoder-option", "hidden=8"]) == 0
     assert json.loads((out / "train_config.json").read_text())["encoder_kwargs"] == {"hidden": 8}
     assert FeatInv.from_pretrained(out).controlnet.encoder.config.hidden == 8
     assert load_checkpoint(out / "checkpoints").state["fingerprint"]["encoder_options"] == {"hidden": 8}
     capsys.readouterr()
-    assert _cli([*args, "--encoder-option", "hidden=16", "--max-steps", "2", "--resume"]) == 2
+    assert exit_code([*args, "--encoder-option", "hidden=16", "--max-steps", "2", "--resume"]) == 2
     assert "settings changed (encoder_options)" in capsys.readouterr().err
 
     bad = tmp_path / "bad"
     for option, message in [("widht=8", "encoder 'conv' has no option 'widht'; its options are: hidden"),
                             ("hidden", "--encoder-option 'hidden' must look like KEY=VALUE"),
                             ("grid=4", "encoder 'conv' has no option 'grid'")]:
-        assert _cli([*args[:4], str(bad), *args[5:], "--encoder-option", option]) == 2
+        assert exit_code([*args[:4], str(bad), *args[5:], "--encoder-option", option]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
         assert not bad.exists()
