@@ -49,13 +49,19 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------ helpers
 
 
+def _ctrl_c_reaches_python() -> None:
+    """In the child before exec: Ctrl-C at its default, so Python turns it into KeyboardInterrupt even when the
+    suite itself runs as a background job (where the shell leaves SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list, log: Path) -> subprocess.Popen:
     """``python -m featinv ARGS`` in the repository, output to ``log``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as handle:
         return subprocess.Popen([sys.executable, "-m", "featinv", *map(str, args)], cwd=REPO, stdout=handle,
-                                stderr=subprocess.STDOUT, env=env)
+                                stderr=subprocess.STDOUT, env=env, preexec_fn=_ctrl_c_reaches_python)
 
 
 def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float = 150.0) -> None:

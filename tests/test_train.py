@@ -129,11 +129,15 @@ def test_sigint_checkpoints_and_stops_cleanly(assets, tmp_path):
             signal.raise_signal(signal.SIGINT)
 
     out = tmp_path / "base"
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN when the suite runs in the background
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what a terminal gives the CLI
     with pytest.raises(KeyboardInterrupt):
         train_base(base_config(assets, out, max_steps=5, checkpoint_every=100), on_step=ctrl_c)
     assert training_status(out)["step"] == 1
     assert load_checkpoint(out / "checkpoints").step == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    restored = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, before)
+    assert restored is signal.default_int_handler  # the handler training found is back
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(assets, tmp_path, monkeypatch):
