@@ -14,8 +14,9 @@ from featinv.errors import FeatinvError
 from featinv.training.checkpoint import load_checkpoint
 from featinv.training.loop import train
 from featinv.training.tasks import FeatInvTask
+from tests.cli_run import exit_code
 from tests.fixtures_model import make_tiny_images, make_tiny_model, make_tiny_pixel_base
-from tests.test_train import _cli, featinv_config
+from tests.test_train import featinv_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,7 +133,7 @@ def test_settings_are_in_the_run_config_and_the_fingerprint_only_when_on(assets,
             "--weights", "none", "--input-size", "64", "--base", f"pixel:{assets['base']}", "--cache-features",
             "--max-steps", "1", "--batch-size", "2", "--num-workers", "0", "--val-steps", "1", "--max-samples", "2",
             "--encoder-option", "hidden=8", "--quiet"]
-    assert _cli([*args, "--consistency-weight", "0.5", "--consistency-max-t", "300",
+    assert exit_code([*args, "--consistency-weight", "0.5", "--consistency-max-t", "300",
                  "--consistency-fraction", "0.5"]) == 0
     config = json.loads((out / "train_config.json").read_text())
     assert (config["consistency_weight"], config["consistency_max_t"], config["consistency_fraction"]) == (0.5, 300, 0.5)
@@ -140,12 +141,12 @@ def test_settings_are_in_the_run_config_and_the_fingerprint_only_when_on(assets,
     assert {k: fingerprint[k] for k in fingerprint if k.startswith("consistency")} == {
         "consistency_weight": 0.5, "consistency_max_t": 300, "consistency_fraction": 0.5}
     capsys.readouterr()
-    assert _cli([*args, "--consistency-weight", "0.5", "--consistency-max-t", "200", "--consistency-fraction", "0.5",
+    assert exit_code([*args, "--consistency-weight", "0.5", "--consistency-max-t", "200", "--consistency-fraction", "0.5",
                  "--max-steps", "2", "--resume"]) == 2
     assert "settings changed (consistency_max_t)" in capsys.readouterr().err
 
     off = tmp_path / "off_run"
-    assert _cli([*args[:4], str(off), *args[5:]]) == 0
+    assert exit_code([*args[:4], str(off), *args[5:]]) == 0
     assert json.loads((off / "train_config.json").read_text())["consistency_max_t"] == DEFAULT_MAX_T
     assert not any(k.startswith("consistency") for k in load_checkpoint(off / "checkpoints").state["fingerprint"])
 
@@ -165,7 +166,7 @@ def test_bad_values_are_one_line_and_exit_2(assets, tmp_path, capsys, option, va
             "timm:tf_efficientnet_lite0", "--weights", "none", "--input-size", "64", "--base",
             f"pixel:{assets['base']}", "--max-steps", "1", "--batch-size", "2", "--num-workers", "0", "--quiet",
             option, value]
-    assert _cli(args) == 2
+    assert exit_code(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
