@@ -32,6 +32,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from featinv.diffusion.draws import BatchDraws
 from featinv.errors import FeatinvError, did_you_mean
 from featinv.io import atomic_dir, load_safetensors, read_json, save_safetensors, write_json
 
@@ -152,7 +153,7 @@ class DiffusionBase:
                                      align_corners=False, antialias=True)
         return images01
 
-    def encode(self, images01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, images01: torch.Tensor, generator: torch.Generator | BatchDraws | None = None) -> torch.Tensor:
         """Images in [0,1] (resized to the base resolution) -> the space the UNet denoises."""
         return self.sample_latents(self.encode_moments(images01), generator)
 
@@ -164,13 +165,18 @@ class DiffusionBase:
             return x
         return self.vae.encode(x.to(self.vae.dtype)).latent_dist.parameters
 
-    def sample_latents(self, moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The random half of :meth:`encode`: one latent drawn from ``moments`` (the identity without a VAE)."""
+    def sample_latents(self, moments: torch.Tensor, generator: torch.Generator | BatchDraws | None = None) -> torch.Tensor:
+        """The random half of :meth:`encode`: one latent drawn from ``moments`` (the identity without a VAE).
+
+        The draw is diffusers' ``DiagonalGaussianDistribution.sample`` (normal values drawn on the CPU in the
+        moments' dtype), taken through :class:`BatchDraws` so a process's rows match one process's."""
         if self.vae is None:
             return moments
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-        latents = DiagonalGaussianDistribution(moments).sample(generator=generator)
+        distribution = DiagonalGaussianDistribution(moments)
+        noise = BatchDraws.of(generator).randn(distribution.mean.shape, dtype=moments.dtype).to(moments.device)
+        latents = distribution.mean + distribution.std * noise
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
 
@@ -395,12 +401,13 @@ class PixelBase(DiffusionBase):
         return [*self.unet.parameters(), self.prompt_embeds]
 
     def training_loss(self, images01: torch.Tensor, drop: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | BatchDraws | None = None) -> torch.Tensor:
         """Denoising loss of the plain base (noise or v target); ``drop`` selects the empty prompt."""
+        draws = BatchDraws.of(generator)
         x0 = self.encode(images01)
         scheduler = self.make_scheduler("ddpm")
-        noise = torch.randn(x0.shape, generator=generator).to(self.device)
-        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), generator=generator).to(self.device)
+        noise = draws.randn(x0.shape).to(self.device)
+        t = draws.randint(self.num_train_timesteps, x0.shape[0]).to(self.device)
         noisy = scheduler.add_noise(x0, noise, t)
         pred = self.unet(noisy, t, encoder_hidden_states=self.prompt_embeddings(drop)).sample
         target = noise if self.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from featinv.diffusion.draws import BatchDraws
 from featinv.diffusion.guidance import GuidanceTarget, predicted_clean
 from featinv.errors import FeatinvError
 from featinv.validation import check_count, check_number
@@ -64,16 +65,16 @@ class FeatureConsistency:
         """Refuse a threshold the base's schedule does not reach (it would silently apply everywhere)."""
         check_count(self.max_t, "--consistency-max-t", low=1, high=int(num_train_timesteps))
 
-    def selected(self, t: torch.Tensor, drop: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def selected(self, t: torch.Tensor, drop: torch.Tensor, generator: torch.Generator | BatchDraws | None) -> torch.Tensor:
         """Which samples receive the term: timestep below ``max_t``, conditioning kept, and (for fraction < 1)
         in a random part of the batch drawn from ``generator`` after every draw of the diffusion loss."""
         chosen = (t.cpu() < self.max_t) & ~drop.cpu()
         if self.fraction < 1.0:
-            chosen &= torch.rand(t.shape[0], generator=generator) < self.fraction
+            chosen &= BatchDraws.of(generator).rand(t.shape[0]) < self.fraction
         return chosen
 
     def loss(self, target: GuidanceTarget, scheduler: Any, noisy: torch.Tensor, prediction: torch.Tensor,
-             t: torch.Tensor, drop: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+             t: torch.Tensor, drop: torch.Tensor, generator: torch.Generator | BatchDraws | None = None) -> torch.Tensor:
         """``weight ·`` the mean over the selected samples of their mean-over-positions ``1 - cos``; 0 when
         no sample is selected. ``target.features`` holds the conditioning maps of the whole batch."""
         rows = torch.nonzero(self.selected(t, drop, generator)).flatten().to(noisy.device)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from featinv.diffusion.bases import DiffusionBase, load_base
 from featinv.diffusion.consistency import FeatureConsistency
 from featinv.diffusion.controlnet import ControlScales, FeatInvControlNet, controlled_unet
+from featinv.diffusion.draws import BatchDraws
 from featinv.diffusion.encoders import build_encoder
 from featinv.diffusion.guidance import FeatureGuidance, GuidanceTarget, fidelity_scores
 from featinv.diffusion.run_config import FORMAT, FORMAT_VERSION, check_run_config
@@ -285,7 +286,7 @@ class FeatInv:
 
     # ---- training ------------------------------------------------------------------------------
     def training_loss(self, features: torch.Tensor, images01: torch.Tensor, drop: torch.Tensor,
-                      generator: torch.Generator | None = None,
+                      generator: torch.Generator | BatchDraws | None = None,
                       consistency: FeatureConsistency | None = None,
                       moments: torch.Tensor | None = None) -> torch.Tensor:
         """Noise-prediction (or v) MSE of the ControlNet-steered UNet.
@@ -295,16 +296,19 @@ class FeatInv:
         the feature-consistency term (:mod:`featinv.diffusion.consistency`); without it the loss is the paper's.
         ``moments`` (``base.encode_moments(images01)``, cached by ``--cache-latents``) skips the VAE encoder;
         the latent is then drawn from them with the same generator, so the loss is the one without a cache.
+        ``generator``: a torch generator, or :class:`~featinv.diffusion.draws.BatchDraws` for one process's rows
+        of a micro-batch shared by several processes.
         """
         base = self.base
+        draws = BatchDraws.of(generator)
         drop = torch.as_tensor(drop, dtype=torch.bool, device=self.device).reshape(-1)
         features = self._conditioning(features) * (~drop).to(torch.float32)[:, None, None, None]
         with torch.no_grad():
-            latents = (base.encode(images01, generator=generator) if moments is None
-                       else base.sample_latents(moments.to(self.device), generator=generator))
+            latents = (base.encode(images01, generator=draws) if moments is None
+                       else base.sample_latents(moments.to(self.device), generator=draws))
         scheduler = base.make_scheduler("ddpm")
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        t = torch.randint(0, base.num_train_timesteps, (latents.shape[0],), generator=generator).to(self.device)
+        noise = draws.randn(latents.shape).to(self.device)
+        t = draws.randint(base.num_train_timesteps, latents.shape[0]).to(self.device)
         noisy = scheduler.add_noise(latents, noise, t)
         pred = controlled_unet(base.unet, self.controlnet, noisy, t, base.prompt_embeddings(drop), features)
         target = noise if base.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
@@ -312,7 +316,7 @@ class FeatInv:
         if consistency is None or not consistency.active:
             return loss
         seen = GuidanceTarget(self.backbone, features, base.decode, self.pooled)
-        return loss + consistency.loss(seen, scheduler, noisy, pred, t, drop, generator)
+        return loss + consistency.loss(seen, scheduler, noisy, pred, t, drop, draws)
 
     # ---- sampling ------------------------------------------------------------------------------
     def reconstruct(self, features: torch.Tensor | None = None, images: Any = None, seeds: Any = (0,),

@@ -5,7 +5,9 @@ parameters, the dataset, how a batch becomes model inputs, the loss, a validatio
 result; the settings are in :mod:`featinv.training.config`. The loop adds everything that makes long runs safe:
 
 - HF Accelerate for devices, multi-GPU/multi-node (``accelerate launch``), mixed precision (bf16/fp16);
-  each process trains on its own disjoint shard of every global batch (:class:`ShardedBatches`).
+  each process trains on its own disjoint shard of every global batch (:class:`ShardedBatches`), with its rows
+  of noise, timesteps and dropout drawn for the whole global batch (:mod:`featinv.diffusion.draws`), so N
+  processes train the weights one process would with the same global batch.
 - Exact resume: all randomness (data order, crops, flips, dropout of the conditioning, noise and
   timesteps) is derived from ``(seed, step)``; checkpoints hold weights, optimizer, lr-scheduler,
   grad-scaler and RNG state, are written atomically and rotated (newest K kept).
@@ -32,6 +34,7 @@ from typing import Any
 
 import torch
 
+from featinv.diffusion.draws import BatchDraws
 from featinv.errors import FeatinvError
 from featinv.io import ensure_output_dir, locks_output, read_json, write_json
 from featinv.training.checkpoint import latest_checkpoint, load_checkpoint, load_parameter_state, restore_rng
@@ -229,9 +232,10 @@ def _optimisation_step(run: TrainingRun, batches: Iterator[Any], stop: _StopRequ
     step_loss = torch.zeros((), device=device)
     for micro in range(config.grad_accum):
         batch = next(batches)
-        generator = torch.Generator().manual_seed(mix_seed(config.seed, run.step, micro, accelerator.process_index))
         inputs = run.task.inputs(batch, device)
         n = len(next(iter(inputs.values())))
+        generator = _micro_batch_draws(config.seed, run.step, micro, accelerator.process_index, n,
+                                       accelerator.num_processes)
         drop = conditioning_drop(n, config.drop_prob, generator)
         sync = micro == config.grad_accum - 1
         with (contextlib.nullcontext() if sync else accelerator.no_sync(run.loss_module)), accelerator.autocast():
@@ -337,9 +341,17 @@ def _finish(accelerator: Any, config: LoopConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def conditioning_drop(n: int, prob: float, generator: torch.Generator) -> torch.Tensor:
+def _micro_batch_draws(seed: int, step: int, micro: int, rank: int, rows: int, world_size: int) -> BatchDraws:
+    """The randomness of this process's rows of global micro-batch ``(step, micro)``: one generator per micro-batch,
+    the same on every process, whose draws cover the whole global micro-batch (so the weights do not depend on
+    how many processes share it). The trailing 0 of the seed keeps the single-process streams of earlier versions."""
+    generator = torch.Generator().manual_seed(mix_seed(seed, step, micro, 0))
+    return BatchDraws(generator, offset=rank * rows, total=rows * world_size)
+
+
+def conditioning_drop(n: int, prob: float, generator: torch.Generator | BatchDraws) -> torch.Tensor:
     """Which samples lose their conditioning (feature map zeroed and prompt emptied together): Bernoulli(prob)."""
-    return torch.rand(n, generator=generator) < prob
+    return BatchDraws.of(generator).rand(n) < prob
 
 
 class _LossModule(torch.nn.Module):
@@ -350,7 +362,7 @@ class _LossModule(torch.nn.Module):
         self.task = [task]  # a list keeps the task's frozen modules out of this module's registry
         self.trainable = torch.nn.ParameterList([p for _, p in task.named_trainable()])
 
-    def forward(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forward(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: BatchDraws) -> torch.Tensor:
         return self.task[0].loss(inputs, drop, generator)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from featinv.diffusion.draws import BatchDraws
 from featinv.diffusion.sampler import denoise
 from featinv.errors import FeatinvError
 from featinv.training.config import BaseTrainConfig, TrainConfig, check_encoder_options
@@ -38,7 +39,7 @@ class Task(Protocol):
     def inputs(self, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         """Turn a collated batch into loss inputs (the batched backbone forward happens here)."""
 
-    def loss(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: BatchDraws) -> torch.Tensor:
         """The training objective for one micro-batch."""
 
     def train_mode(self, training: bool) -> None:
@@ -206,7 +207,7 @@ class FeatInvTask(Task):
             return {"features": batch["features"].to(device, non_blocking=True).float(), "target": target, **moments}
         return {"features": self.features(_to_float01(batch[self.view], device)), "target": target}
 
-    def loss(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: BatchDraws) -> torch.Tensor:
         return self.model.training_loss(inputs["features"], inputs["target"], drop, generator=generator,
                                         consistency=self.consistency, moments=inputs.get("moments"))
 
@@ -306,7 +307,7 @@ class PixelBaseTask(Task):
     def inputs(self, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
         return {"target": _to_float01(batch["target"], device)}
 
-    def loss(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, inputs: dict[str, torch.Tensor], drop: torch.Tensor, generator: BatchDraws) -> torch.Tensor:
         return self.base.training_loss(inputs["target"], drop, generator=generator)
 
     def train_mode(self, training: bool) -> None:
