@@ -56,10 +56,12 @@ class Decomposition:
     """A feature map split into concept parts and a residual.
 
     ``parts[:K]`` are the concepts, ``parts[K]`` the residual; ``parts.sum(0)`` equals the input up to
-    float rounding.
+    float rounding. ``input`` is the decomposed map itself (when known): edits are made on it, so an
+    unedited map is the input bit for bit and reconstructs to the very image of the input.
     """
 
     parts: Tensor  # [K+1, B, C, H, W]
+    input: Tensor | None = None  # [B, C, H, W]
 
     @property
     def n_concepts(self) -> int:
@@ -76,8 +78,8 @@ class Decomposition:
         return self.parts[-1]
 
     def total(self) -> Tensor:
-        """The sum of all parts: the input feature map."""
-        return self.parts.sum(0)
+        """The input feature map (the sum of all parts, exact when the input is known)."""
+        return self.input if self.input is not None else self.parts.sum(0)
 
     def concept_maps(self, include_residual: bool = False) -> Tensor:
         """``[K, B, H, W]`` (``[K+1, ...]`` with the residual): ``|part|^2`` per position.
@@ -97,6 +99,8 @@ class Decomposition:
                 f"concept {concept} does not exist; choose 0..{self.n_concepts - 1} (or {self.n_concepts} for the "
                 "residual)"
             )
+        if factor == 1.0:  # nothing changes: the unedited map, bit for bit
+            return self.total().clone()
         return self.total() + (factor - 1.0) * self.parts[concept]
 
     def relevance(self, weight: Tensor) -> Tensor:
@@ -270,7 +274,7 @@ class Decomposer(ABC):
         original = fmap.detach().to("cpu", concepts.dtype)
         concepts = concepts.reshape(self.n_concepts, b, h, w, c).permute(0, 1, 4, 2, 3)
         residual = original - concepts.sum(0)
-        return Decomposition(torch.cat([concepts, residual[None]]).to(fmap.device))
+        return Decomposition(torch.cat([concepts, residual[None]]).to(fmap.device), input=original.to(fmap.device))
 
     def reconstruct(self, vectors: Tensor) -> Tensor:
         """``[N, C]``: what the concepts together explain of each vector (input minus residual)."""
