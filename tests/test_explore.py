@@ -100,6 +100,28 @@ def test_steer_is_the_steering_analysis_per_concept(explorer, model, photos):
     assert result.warnings == []
 
 
+def test_a_concept_edit_after_reconstructing_samples_only_the_edited_maps(explorer, model, photos, monkeypatch):
+    """The page's flow: Reconstruct, then move a slider. The unedited map is the image's own feature map bit for
+    bit, so its samples come from the Reconstruct panel; the concepts left at 1 sample nothing; and the answer
+    equals the Steering analysis run without any cache."""
+    image = photos["ramp.png"]
+    explorer.clear_cache()
+    explorer.reconstruct(image, name="ramp")
+    sampled: list[int] = []
+    original = model.reconstruct
+    monkeypatch.setattr(model, "reconstruct", lambda *a, **k: sampled.append(len(k["seeds"])) or original(*a, **k))
+    result = explorer.steer(image, [0.25, 1.0], name="ramp")
+    assert sampled == [2]  # concept 0 x0.25 for the 2 seeds, nothing else
+    second = explorer.steer(image, [1.0, 0.5], name="ramp")
+    assert sampled == [2, 2] and not second.cached  # the next edit again samples only its own maps
+    monkeypatch.setattr(model, "reconstruct", original)
+    direct = Steering(attenuate=0.25, n=2, progress=False, sampling=FAST.sampling()).compute(
+        model, [("ramp", image)], decomposer=explorer.decomposer, concepts=[0])[0]
+    for (caption, pixels), (want_caption, want) in zip(result.rows[1], direct.display_rows()[1], strict=True):
+        assert caption == want_caption and np.array_equal(pixels, want)  # concept 0: map, mask, edit
+    assert "0% changed" in result.rows[2][1][0]  # concept 1 at 1 changes nothing
+
+
 def test_amplifying_a_concept_warns_in_the_result(explorer, photos):
     result = explorer.steer(photos["noise.png"], [2.0, 2.0])
     assert result.warnings and "out of distribution" not in result.warnings[0]  # the analysis's own wording

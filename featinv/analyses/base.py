@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from featinv.analyses.samples import SampleCache, sample_maps
 from featinv.analyses.shift import FeatureShiftWarning
 from featinv.errors import FeatinvError
 from featinv.io import locks_output
@@ -43,6 +44,7 @@ __all__ = [
     "Analysis",
     "AnalysisResult",
     "NamedImage",
+    "SampleCache",
     "SamplingOptions",
     "as_decomposer",
     "as_images",
@@ -287,16 +289,14 @@ def image_features(model: FeatInv, images: Sequence[Image.Image] | Tensor) -> Te
 
 
 def reconstruct(model: FeatInv, features: Tensor, seeds: Sequence[int], sampling: SamplingOptions,
-                show_progress: bool) -> Tensor:
-    """Images ``[N, 3, R, R]`` in [0, 1] for ``features`` with one seed per map (one batched call)."""
-    with torch.no_grad():
-        result = model.reconstruct(features=features, seeds=list(seeds), progress=show_progress,
-                                   **sampling.reconstruct_kwargs())
-    return result.images.detach().float().cpu()
+                show_progress: bool, cache: SampleCache | None = None) -> Tensor:
+    """Images ``[N, 3, R, R]`` in [0, 1] for ``features`` with one seed per map (one batched call); pairs held
+    by ``cache`` (an analysis's ``self.samples``) are not sampled again."""
+    return sample_maps(model, features, seeds, sampling, show_progress, cache)[0]
 
 
 def reconstruct_unique(model: FeatInv, features: Tensor, seeds: Sequence[int], sampling: SamplingOptions,
-                       show_progress: bool) -> Tensor:
+                       show_progress: bool, cache: SampleCache | None = None) -> Tensor:
     """Like :func:`reconstruct`, but identical (map, seed) pairs are sampled once and shared.
 
     Saves work (e.g. an attenuation factor of 1 leaves a map unchanged) and makes "unchanged map, same seed"
@@ -311,7 +311,7 @@ def reconstruct_unique(model: FeatInv, features: Tensor, seeds: Sequence[int], s
             unique.append(i)
             match = len(unique) - 1
         keys.append(match)
-    images = reconstruct(model, features[unique], [seeds[j] for j in unique], sampling, show_progress)
+    images = reconstruct(model, features[unique], [seeds[j] for j in unique], sampling, show_progress, cache)
     return images[keys]
 
 
@@ -349,7 +349,8 @@ class Analysis(ABC):
       Every item has a ``name`` (a filename-safe stem) and ``numbers()`` (its JSON-ready dict).
     * :meth:`figure` (abstract): the matplotlib ``Figure`` of one item.
 
-    Reconstruct edited maps with :func:`reconstruct` (or :func:`reconstruct_unique`) and ``self.sampling``,
+    Reconstruct edited maps with :func:`reconstruct` (or :func:`reconstruct_unique`), ``self.sampling`` and
+    ``cache=self.samples``,
     and check them with :mod:`featinv.analyses.shift` so an edit FeatInv never saw in training is flagged.
 
     :meth:`run` does the rest, the same for every analysis: it loads ``model`` when given a run folder
@@ -363,10 +364,13 @@ class Analysis(ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, progress: bool = True, *, sampling: SamplingOptions | None = None,
-                 **sampling_fields: Any) -> None:
-        """``sampling`` (a :class:`SamplingOptions`), or its fields one by one (``steps=2``) for compatibility."""
+                 samples: SampleCache | None = None, **sampling_fields: Any) -> None:
+        """``sampling`` (a :class:`SamplingOptions`), or its fields one by one (``steps=2``) for compatibility;
+        ``samples``: a :class:`~featinv.analyses.samples.SampleCache` shared with other calls (an interactive
+        session), passed to :func:`reconstruct` as ``cache=self.samples``."""
         self.progress = progress
         self.sampling = SamplingOptions.of(sampling, **sampling_fields)
+        self.samples = samples
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:

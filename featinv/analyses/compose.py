@@ -266,7 +266,8 @@ class Composition(Analysis):
             checks.append(check.as_dict())
             warn_if_shifted(check, f"region {r.label} of {a.name}/{b.name}", "compose maps of similar scale")
         maps = torch.cat([fa, fb, composed])
-        images = reconstruct_unique(model, maps, [self.sampling.seed] * maps.shape[0], self.sampling, self.progress)
+        images = reconstruct_unique(model, maps, [self.sampling.seed] * maps.shape[0], self.sampling, self.progress,
+                                    self.samples)
         rec = reconstruction_features(model, images).cpu()
         count = len(regions)
         own = cosine_median(maps.cpu(), rec)

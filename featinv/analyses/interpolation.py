@@ -139,7 +139,8 @@ class Interpolation(Analysis):
             check = check_feature_norms(m[None], reference, ref_name)
             checks.append(check.as_dict())
             warn_if_shifted(check, f"weight {w:g} of {a.name}/{b.name}", "mix maps from similar images")
-        images = reconstruct(model, maps, [self.sampling.seed] * len(self.weights), self.sampling, self.progress)
+        images = reconstruct(model, maps, [self.sampling.seed] * len(self.weights), self.sampling, self.progress,
+                             self.samples)
         rec = reconstruction_features(model, images).cpu()
         count = len(self.weights)
         cos = cosine_median(maps.cpu(), rec)

@@ -275,7 +275,7 @@ class Steering(Analysis):
         k_count = len(chosen)
         maps = torch.cat([original.expand(self.n, -1, -1, -1), edited.repeat_interleave(self.n, dim=0)])
         all_seeds = seeds * (k_count + 1)
-        recon = reconstruct_unique(model, maps, all_seeds, self.sampling, self.progress)
+        recon = reconstruct_unique(model, maps, all_seeds, self.sampling, self.progress, self.samples)
         originals = recon[:self.n]                                             # [n, 3, R, R]
         edits = recon[self.n:].reshape(k_count, self.n, *recon.shape[1:])     # [K, n, 3, R, R]
         distance = (originals[None] - edits).pow(2).sum(2).sqrt()              # [K, n, R, R]

@@ -4,8 +4,10 @@
 module is plain Python, so tests and notebooks call the same methods. Each method only calls the Python
 API -- :meth:`FeatInv.reconstruct <featinv.diffusion.model.FeatInv.reconstruct>` and the ``Steering``,
 ``Composition`` and ``Interpolation`` analyses -- and returns an :class:`ExploreResult` (captioned panels,
-notes, out-of-distribution warnings, seconds taken). Reconstructions are cached per (run, feature map,
-seed, settings) and analysis results per request, so asking again answers at once; every result is kept
+notes, out-of-distribution warnings, seconds taken). Every panel and analysis samples through one
+:class:`~featinv.analyses.samples.SampleCache` (per run, feature map, seed and settings), so a concept edit
+samples only its edited maps once the image was reconstructed; analysis results are cached per request,
+so asking again answers at once; every result is kept
 in :attr:`Explorer.history` for :meth:`Explorer.export`, which renders the session with the demo's report
 code (:mod:`featinv.report.html`).
 """
@@ -26,7 +28,15 @@ from typing import Any
 import torch
 from PIL import Image
 
-from featinv.analyses.base import NamedImage, SamplingOptions, as_decomposer, as_model, seeds_for
+from featinv.analyses.base import (
+    NamedImage,
+    SamplingOptions,
+    as_decomposer,
+    as_model,
+    image_features,
+    seeds_for,
+)
+from featinv.analyses.samples import SampleCache, sample_maps
 from featinv.analyses.shift import FeatureShiftWarning
 from featinv.errors import FeatinvError
 from featinv.report.notebook import GridDisplay, Panel
@@ -159,6 +169,8 @@ class Explorer:
         self.settings = settings or ExploreSettings()
         self.history: list[ExploreResult] = []
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        # every panel and analysis samples through one cache: an unchanged (map, seed) is sampled once per session
+        self.samples = SampleCache(_CACHE_SIZE)
 
     # ------------------------------------------------------------------------------------- inputs
     @property
@@ -211,6 +223,7 @@ class Explorer:
     def clear_cache(self) -> None:
         """Forget every cached answer and sample (the benchmark times cold requests this way)."""
         self._cache.clear()
+        self.samples.clear()
 
     def _answer(self, kind: str, key: tuple[Any, ...], settings: ExploreSettings,
                 compute: Callable[[], tuple[str, list[list[Panel]], list[str]]]) -> ExploreResult:
@@ -234,21 +247,10 @@ class Explorer:
     def _reconstructions(self, run: str, image: Image.Image, settings: ExploreSettings) -> tuple[torch.Tensor, list[float]]:
         """``run``'s images ``[N, 3, R, R]`` and cosines for the settings' seeds; each (map, seed) sampled once."""
         model = self.models[run]
-        digest = image_digest(image)
-
-        def key(seed: int) -> tuple[Any, ...]:
-            return ("sample", run, digest, seed, settings.steps, settings.scheduler, settings.guidance_scale,
-                    settings.feature_guidance)
-
-        missing = [s for s in settings.seed_list() if key(s) not in self._cache]
-        if missing:
-            features = model.features([image])
-            result = model.reconstruct(features=features.expand(len(missing), *features.shape[1:]), seeds=missing,
-                                       progress=False, **settings.sampling().reconstruct_kwargs())
-            for i, seed in enumerate(missing):
-                self._cached(key(seed), lambda i=i: (result.images[i], float(result.fidelity[i])))
-        pairs = [self._cache[key(s)] for s in settings.seed_list()]
-        return torch.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+        features = image_features(model, [image])
+        seeds = settings.seed_list()
+        return sample_maps(model, features.expand(len(seeds), *features.shape[1:]), seeds, settings.sampling(),
+                           False, self.samples)
 
     def top_classes(self, run: str, images: list[Image.Image] | torch.Tensor, k: int = 5) -> list[str]:
         """The backbone's top-``k`` classes (name and probability) of each image, as one caption line each."""
@@ -313,7 +315,7 @@ class Explorer:
             top: list[Panel] = []
             for factor, concepts in groups.items():
                 analysis = Steering(attenuate=factor, n=settings.seeds, gradcam=not top, progress=False,
-                                    sampling=settings.sampling())
+                                    sampling=settings.sampling(), samples=self.samples)
                 item = analysis.compute(self.models[run], [NamedImage(name, image)], decomposer=self.decomposer,
                                         concepts=concepts)[0]
                 item_rows = item.display_rows()
@@ -341,7 +343,8 @@ class Explorer:
         run = self.analysis_run(run)
 
         def compute() -> tuple[str, list[list[Panel]], list[str]]:
-            item = self._pair(Composition(regions=[region], progress=False, sampling=settings.sampling()), run,
+            item = self._pair(Composition(regions=[region], progress=False, sampling=settings.sampling(),
+                                          samples=self.samples), run,
                               image_a, image_b, names)
             grid = "x".join(map(str, item.grid))
             cells = item.regions[0].as_dict()["cells"]
@@ -361,7 +364,8 @@ class Explorer:
         run = self.analysis_run(run)
 
         def compute() -> tuple[str, list[list[Panel]], list[str]]:
-            item = self._pair(Interpolation(weights=[weight], progress=False, sampling=settings.sampling()), run,
+            item = self._pair(Interpolation(weights=[weight], progress=False, sampling=settings.sampling(),
+                                            samples=self.samples), run,
                               image_a, image_b, names)
             return (f"{100 * weight:.0f}% {item.names[0]} + {100 * (1 - weight):.0f}% {item.names[1]}",
                     item.display_rows(), [f"run {run}; cosine of the mixed map vs its reconstruction "
