@@ -51,12 +51,14 @@ class SampleCache:
         return id(model), map_digest(feature_map), int(seed), repr(sorted(options.items()))
 
     def get(self, key: SampleKey) -> tuple[Tensor, float] | None:
+        """The sample (image, fidelity) held under ``key`` (now the most recently used), or None."""
         if key not in self._samples:
             return None
         self._samples.move_to_end(key)
         return self._samples[key]
 
     def put(self, key: SampleKey, image: Tensor, fidelity: float) -> None:
+        """Keep a finished sample, dropping the least recently used beyond the capacity."""
         self._samples[key] = (image, float(fidelity))
         while len(self._samples) > self.capacity:
             self._samples.popitem(last=False)
