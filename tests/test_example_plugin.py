@@ -77,7 +77,7 @@ def test_example_decomposer_via_create(installed_example):
     torch.testing.assert_close(parts.sum(0), fmap, atol=1e-5, rtol=1e-5)
 
 
-def test_example_backbone_python_andexit_code(installed_example, capsys):
+def test_example_backbone_python_and_cli(installed_example, capsys):
     backbone = featinv.create_backbone("example-cnn:small", weights="none")
     assert backbone.features(torch.rand(1, 3, 32, 32)).shape == (1, 32, 4, 4)
     assert exit_code(["layers", "example-cnn:small", "--weights", "none"]) == 0
@@ -96,7 +96,7 @@ def test_example_base_and_encoder_python(installed_example, tmp_path, images):
     assert loaded.reconstruct(images=torch.rand(1, 3, 32, 32), steps=1, progress=False).images.shape == (1, 3, 16, 16)
 
 
-def test_example_backbone_base_and_encoder_train_from_theexit_code(installed_example, tmp_path, images):
+def test_example_backbone_base_and_encoder_train_from_the_cli(installed_example, tmp_path, images):
     from featinv.diffusion.model import FeatInv
 
     out = tmp_path / "cli_run"
@@ -123,7 +123,7 @@ def test_example_analysis_python(installed_example, tmp_path, images):
     assert len(list((tmp_path / "roundtrip").glob("*.png"))) == 3
 
 
-def test_example_analysisexit_code(installed_example, tmp_path, images):
+def test_example_analysis_cli(installed_example, tmp_path, images):
     from featinv.diffusion.model import FeatInv
 
     run = FeatInv.create("example-cnn:small", "example-tiny:16", encoder="example-linear",
@@ -134,7 +134,7 @@ def test_example_analysisexit_code(installed_example, tmp_path, images):
     assert json.loads((tmp_path / "viz" / "summary.json").read_text())["analysis"] == "roundtrip"
 
 
-def test_example_decomposer_and_command_from_theexit_code(installed_example, tmp_path, images):
+def test_example_decomposer_and_command_from_the_cli(installed_example, tmp_path, images):
     concepts = tmp_path / "pca-concepts"
     code = exit_code(["concepts", "fit", *CNN, "--data", str(images), "--out", str(concepts), "--method", "pca",
                  "--n-concepts", "2", "--quiet"])
