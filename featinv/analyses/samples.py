@@ -12,14 +12,21 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from featinv.analyses.base import SamplingOptions
     from featinv.diffusion.model import FeatInv
+
+
+class SamplingLike(Protocol):
+    """What sampling needs of :class:`featinv.analyses.base.SamplingOptions` (which imports this module)."""
+
+    def reconstruct_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``FeatInv.reconstruct`` (all but the seeds)."""
+        ...
 
 #: one sample's cache key: (model, map digest, seed, sampling options that change the image)
 SampleKey = tuple[int, str, int, str]
@@ -44,7 +51,7 @@ class SampleCache:
     def __len__(self) -> int:
         return len(self._samples)
 
-    def key(self, model: FeatInv, feature_map: Tensor, seed: int, sampling: SamplingOptions) -> SampleKey:
+    def key(self, model: FeatInv, feature_map: Tensor, seed: int, sampling: SamplingLike) -> SampleKey:
         """The key of one sample; the batch size is left out (it never changes an image)."""
         self._models[id(model)] = model
         options = {k: v for k, v in sampling.reconstruct_kwargs().items() if k != "batch_size"}
@@ -69,7 +76,7 @@ class SampleCache:
         self._models.clear()
 
 
-def sample_maps(model: FeatInv, features: Tensor, seeds: Sequence[int], sampling: SamplingOptions,
+def sample_maps(model: FeatInv, features: Tensor, seeds: Sequence[int], sampling: SamplingLike,
                 show_progress: bool, cache: SampleCache | None = None) -> tuple[Tensor, list[float]]:
     """Images ``[N, 3, R, R]`` in [0, 1] and fidelity cosines for ``features`` with one seed per map.
 
