@@ -28,6 +28,7 @@ class SamplingLike(Protocol):
         """The keyword arguments of ``FeatInv.reconstruct`` (all but the seeds)."""
         ...
 
+
 #: one sample's cache key: (model, map digest, seed, sampling options that change the image)
 SampleKey = tuple[int, str, int, str]
 
