@@ -96,6 +96,6 @@ def sample_maps(model: FeatInv, features: Tensor, seeds: Sequence[int], sampling
         for row, i in enumerate(missing):
             found[i] = (images[row], float(result.fidelity[row]))
             if cache is not None:
-                cache.put(keys[i], images[row], float(result.fidelity[row]))
+                cache.put(keys[i], *found[i])
     pairs = [hit for hit in found if hit is not None]
     return torch.stack([image for image, _ in pairs]), [score for _, score in pairs]
