@@ -6,7 +6,7 @@
           two prompts) that trains on a CPU in minutes, for offline use and the demo.
 
 Both expose the same interface (:class:`DiffusionBase`), so the ControlNet, trainer and sampler never
-ask which one they have. (About 480 lines: the contract and its two implementations share the
+ask which one they have. (Over 400 lines, about 480: the contract and its two implementations share the
 scheduler table and the prompt plumbing, and read best side by side; the plugins that register them live
 in ``featinv/plugins/bases/``.)
 """
